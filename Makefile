@@ -1,0 +1,49 @@
+# Postfix Manager — the two commands a fresh Debian machine needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CONFIG ?= configs/pfm.toml.example
+STAMP := $(VENV)/.installed
+
+.PHONY: all run test bench lint venv deps clean help
+
+help:
+	@echo "make run    - create the venv, install, start pfm-policyd on the demo config"
+	@echo "make test   - install test dependencies (Debian packages when root) and run every test"
+	@echo "make bench  - run the benchmarks in tests/bench/ (prints tables)"
+	@echo "make lint   - ruff + mypy"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+deps:
+	bash .ci/install-deps
+
+run: $(STAMP)
+	@mkdir -p var
+	PFM_CONFIG=$(CONFIG) $(VENV)/bin/pfm-policyd --config $(CONFIG)
+
+test: $(STAMP) deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: $(STAMP) deps
+	$(PY) tests/bench/bench_policy.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache

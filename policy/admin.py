@@ -1,0 +1,179 @@
+"""pfm-policyd's admin endpoint: a unix socket speaking one JSON object per line.
+
+Behind ``pfm policy usage|reset|exempt|exemptions``. Works on whichever store is running,
+so with Redis an exemption or reset made on one host applies to the whole fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from services.logging import get_logger
+
+from .rules import Rule
+from .store import Counter, StoreError
+
+if TYPE_CHECKING:
+    from .server import PolicyService
+
+log = get_logger("pfm.policyd.admin")
+MAX_LINE = 65536
+
+
+def subject_kinds(subject: str) -> set[str]:
+    """Which key parts a subject typed by an admin can stand for."""
+    try:
+        ipaddress.ip_address(subject)
+        return {"client_address"}
+    except ValueError:
+        pass
+    if "/" in subject:
+        try:
+            ipaddress.ip_network(subject, strict=False)
+            return {"client_prefix"}
+        except ValueError:
+            pass
+    if subject in ("*", "global"):
+        return {"global"}
+    if "@" in subject:
+        return {"sasl_username", "sender", "recipient"}
+    return {"sasl_username", "sender_domain", "recipient_domain"}
+
+
+def counters_for(rules: tuple[Rule, ...], subject: str, limit: str = "") -> list[tuple[Rule, Counter]]:
+    """The counters a subject has under every matching limit (all windows)."""
+    kinds = subject_kinds(subject)
+    if subject == "global":
+        subject = "*"
+    out = []
+    for rule in rules:
+        if limit and rule.name != limit:
+            continue
+        parts = rule.cfg.key
+        if "|" in subject:
+            if len(parts) != subject.count("|") + 1:
+                continue
+        elif len(parts) != 1 or (parts[0] not in kinds and not limit):
+            continue
+        for w in rule.windows_for(subject):
+            out.append((rule, Counter(f"{rule.name}|{subject}|{int(w.seconds)}", w.seconds, w.count)))
+    return out
+
+
+class AdminServer:
+    """A unix socket (mode 0600) answering admin commands."""
+
+    def __init__(self, path: str, service: PolicyService) -> None:
+        self.path = path
+        self.service = service
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        p = Path(self.path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(p.lstat().st_mode):
+                p.unlink()
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_LINE)
+        finally:
+            os.umask(old)
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 30)
+                except (asyncio.LimitOverrunError, ValueError):
+                    writer.write(b'{"ok": false, "error": "request too long"}\n')
+                    break
+                if not line:
+                    break
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("expected a JSON object")
+                    answer = await self.handle(req)
+                except (ValueError, KeyError, TypeError) as exc:
+                    answer = {"ok": False, "error": str(exc)}
+                except StoreError as exc:
+                    answer = {"ok": False, "error": f"state store unavailable: {exc}"}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run one admin command."""
+        cmd = req.get("cmd")
+        service = self.service
+        store = service.active_store()
+        rules = service.engine.rules
+        if cmd == "usage":
+            subject = str(req["key"]).strip().lower()
+            pairs = counters_for(rules, subject, str(req.get("limit", "")))
+            usage = await store.usage([c for _, c in pairs]) if pairs else []
+            rows = []
+            for (rule, c), (used, pending) in zip(pairs, usage, strict=True):
+                rows.append(
+                    {
+                        "limit": rule.name,
+                        "key": "+".join(rule.cfg.key),
+                        "subject": subject,
+                        "unit": rule.cfg.unit,
+                        "window_s": c.window,
+                        "max": c.limit,
+                        "used": used,
+                        "pending": pending,
+                        "remaining": max(c.limit - used - pending, 0),
+                        "mode": rule.cfg.mode,
+                    }
+                )
+            exempt = service.engine.exempt.get(subject)
+            return {"ok": True, "subject": subject, "usage": rows, "exempt_for_s": exempt}
+        if cmd == "reset":
+            subject = str(req["key"]).strip().lower()
+            pairs = counters_for(rules, subject, str(req.get("limit", "")))
+            await store.reset([c for _, c in pairs])
+            log.info("admin_reset", subject=subject, counters=len(pairs))
+            return {"ok": True, "subject": subject, "reset": len(pairs)}
+        if cmd == "exempt":
+            subject = str(req["key"]).strip().lower()
+            seconds = float(req.get("seconds", 3600))
+            if seconds < 0 or seconds > 366 * 86400:
+                raise ValueError("seconds must be between 0 and one year")
+            await store.set_exemption(subject, seconds)
+            service.engine.exempt = await store.exemptions()
+            log.info("admin_exempt", subject=subject, seconds=seconds)
+            return {"ok": True, "subject": subject, "seconds": seconds}
+        if cmd == "exemptions":
+            return {"ok": True, "exemptions": await store.exemptions()}
+        if cmd == "status":
+            net = service.net
+            return {
+                "ok": True,
+                "state": service.cfg.state,
+                "store_up": not service.store_down_until,
+                "limits": [r.name for r in rules],
+                "connections": net.connection_count if net else 0,
+                "listen": net.addresses if net else [],
+            }
+        raise ValueError(f"unknown command {cmd!r}: use usage, reset, exempt, exemptions or status")
