@@ -342,6 +342,7 @@ class PolicyConnection(Connection):
         self.sync = bool(getattr(service.store, "sync", False))
         self.queue: deque[PolicyRequest | ProtocolError] = deque()
         self.worker: asyncio.Task[None] | None = None
+        self.discarding = False
         self._cfg = cfg
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -350,6 +351,8 @@ class PolicyConnection(Connection):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.discarding:
+            return
         items = self.parser.feed(data)
         if not items:
             return
@@ -368,7 +371,7 @@ class PolicyConnection(Connection):
                         out.append(self.internal_error(item))
             self.write(b"".join(out))
             if self.parser_dead:
-                self.close()
+                self.linger_close()
             return
         self.queue.extend(items)
         if self.worker is None:
@@ -377,7 +380,21 @@ class PolicyConnection(Connection):
 
     @property
     def parser_dead(self) -> bool:
-        return bool(getattr(self.parser, "dead", False))
+        return self.parser.dead
+
+    def linger_close(self, linger: float = 2.0) -> None:
+        """Close after an unrecoverable request without losing the answer already written.
+
+        Closing with unread input makes the kernel send RST, which can destroy the answer in
+        flight; so half-close (FIN after the answer), discard input, close soon after.
+        """
+        transport = self.transport
+        self.discarding = True
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(linger, self.close)
 
     async def drain_queue(self) -> None:
         service = self.service
@@ -388,7 +405,7 @@ class PolicyConnection(Connection):
                     self.write(self.protocol_error(item))
                     if not item.resync:
                         self.queue.clear()
-                        self.close()
+                        self.linger_close()
                         return
                     continue
                 try:

@@ -1,0 +1,106 @@
+"""Rate-limit state: the store interface, its value types and the backend factory.
+
+An exact sliding-window log with two-phase accounting: charges are first *pending*
+reservations (they count, and vanish after a TTL unless committed or released), then
+*committed* entries that leave the window by age only. Backends: ``memory`` (one host) and
+``redis`` (fleets; one Lua script per operation). Both pass the same contract suite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+Clock = Callable[[], float]
+
+
+class StoreError(Exception):
+    """The state backend failed (connection, timeout, script error)."""
+
+
+class Counter(NamedTuple):
+    """One window of one limit for one subject."""
+
+    key: str  # unique per limit, subject and window, e.g. "user|alice@example.org|3600"
+    window: float  # seconds
+    limit: int  # max total weight inside any window
+
+
+class Charge(NamedTuple):
+    """A weight to add to a counter under a member id (idempotent per member)."""
+
+    counter: Counter
+    weight: int
+    member: str
+    enforce: bool = True  # False: reported, never blocks, always added with its batch
+
+
+class Outcome(NamedTuple):
+    """A charge's view of its counter before it was added."""
+
+    used: int  # total weight in the window before this charge (pending included)
+    allowed: bool  # used + weight <= limit, or the member was already present
+
+
+class Store(Protocol):
+    """What pfm-policyd needs from a state backend."""
+
+    name: str
+    sync: bool
+
+    async def reserve(self, charges: Sequence[Charge], ttl: float) -> list[Outcome]:
+        """Check all; if every enforce charge fits, add all as pending (expiring after ttl)."""
+        ...
+
+    async def commit(
+        self, charges: Sequence[Charge], release: Sequence[tuple[Counter, str]]
+    ) -> list[Outcome]:
+        """Release pending members, then check all; if every enforce charge fits, add all."""
+        ...
+
+    async def release(self, members: Sequence[tuple[Counter, str]]) -> None:
+        """Remove pending members (missing ones are ignored)."""
+        ...
+
+    async def usage(self, counters: Sequence[Counter]) -> list[tuple[int, int]]:
+        """(committed, pending) weight inside each counter's window now."""
+        ...
+
+    async def reset(self, counters: Sequence[Counter]) -> None:
+        """Forget everything about these counters."""
+        ...
+
+    async def set_exemption(self, subject: str, seconds: float) -> None:
+        """Exempt a subject for a while (0 removes the exemption)."""
+        ...
+
+    async def exemptions(self) -> dict[str, float]:
+        """Active exemptions: subject -> seconds left."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError when the backend is unreachable."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def open_store(name: str, **options: Any) -> Store:
+    """Create a store by name; backends are imported lazily."""
+    if name == "memory":
+        from .store_memory import MemoryStore
+
+        return MemoryStore(**options)
+    if name == "redis":
+        from .store_redis import RedisStore
+
+        return RedisStore(**options)
+    raise ValueError(f"unknown state store {name!r}: use 'memory' or 'redis'")
+
+
+def wall_clock() -> float:
+    """The default clock: wall time, shared by every host of a fleet."""
+    return time.time()
