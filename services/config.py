@@ -202,7 +202,7 @@ class LimitConfig:
     reply: str = ""
     prepend_header: str = ""
     mode: Mode = "enforce"
-    on_store_error: FailMode | Literal[""] = ""
+    on_store_error: Literal["open", "closed", ""] = ""
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
     allow: AllowList = AllowList()

@@ -1,0 +1,178 @@
+"""Redis state store: the same sliding-window log, one Lua script call per operation.
+
+Keys are namespaced (``{prefix}:rl:{<counter key>}:l|w|p``), hash-tagged per counter so the
+keys of a counter share a Cluster slot, and every write refreshes their TTL, so nothing
+grows without bound. The caller's clock is passed into the script. Any Redis failure
+becomes :class:`~policy.store.StoreError` within the command timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .store import Charge, Clock, Counter, Outcome, StoreError
+
+SCRIPT = resources.files("policy").joinpath("ratelimit.lua").read_text(encoding="utf-8")
+
+
+class RedisStore:
+    """Counters in Redis, shared by every pfm-policyd of a fleet."""
+
+    name = "redis"
+    sync = False
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "pfm",
+        connect_timeout: float = 0.5,
+        command_timeout: float = 0.5,
+        clock: Clock = time.time,
+        client: Any = None,
+    ) -> None:
+        if client is None:
+            from services.redis import create_redis
+
+            client = create_redis(url, connect_timeout=connect_timeout, command_timeout=command_timeout)
+        self.client = client
+        self.prefix = prefix
+        self.clock = clock
+        self.deadline = max(command_timeout * 3, connect_timeout + command_timeout * 2)
+        self.script = client.register_script(SCRIPT)
+        self._exempt_key = f"{prefix}:ex"
+
+    def _keys(self, c: Counter) -> tuple[str, str, str]:
+        base = f"{self.prefix}:rl:{{{c.key}}}:{c.window:g}"
+        return f"{base}:l", f"{base}:w", f"{base}:p"
+
+    async def _call(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self.script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {_short(exc)}") from exc
+
+    def _encode(
+        self,
+        op: str,
+        charges: Sequence[Charge],
+        release: Sequence[tuple[Counter, str]],
+        ttl: float,
+        counters: Sequence[Counter] = (),
+    ) -> tuple[list[str], list[Any]]:
+        index: dict[Counter, int] = {}
+        keys: list[str] = []
+        cargs: list[Any] = []
+
+        def idx(c: Counter) -> int:
+            i = index.get(c)
+            if i is None:
+                i = index[c] = len(index) + 1
+                keys.extend(self._keys(c))
+                cargs.extend((repr(float(c.window)), c.limit))
+            return i
+
+        for c in counters:
+            idx(c)
+        charge_args: list[Any] = []
+        for ch in charges:
+            charge_args.extend((idx(ch.counter), ch.weight, ch.member, 1 if ch.enforce else 0))
+        rel_args: list[Any] = []
+        for c, member in release:
+            rel_args.extend((idx(c), member))
+        args = [op, repr(self.clock()), repr(float(ttl)), len(index), *cargs]
+        args += [len(charges), *charge_args, len(release), *rel_args]
+        return keys, args
+
+    @staticmethod
+    def _outcomes(raw: list[Any]) -> list[Outcome]:
+        return [Outcome(int(raw[i]), raw[i + 1] == 1) for i in range(1, len(raw), 2)]
+
+    async def reserve(self, charges: Sequence[Charge], ttl: float) -> list[Outcome]:
+        if not charges:
+            return []
+        keys, args = self._encode("reserve", charges, (), ttl)
+        return self._outcomes(await self._call(keys, args))
+
+    async def commit(
+        self, charges: Sequence[Charge], release: Sequence[tuple[Counter, str]]
+    ) -> list[Outcome]:
+        if not charges and not release:
+            return []
+        keys, args = self._encode("commit", charges, release, 0)
+        return self._outcomes(await self._call(keys, args))
+
+    async def release(self, members: Sequence[tuple[Counter, str]]) -> None:
+        if members:
+            keys, args = self._encode("release", (), members, 0)
+            await self._call(keys, args)
+
+    async def usage(self, counters: Sequence[Counter]) -> list[tuple[int, int]]:
+        if not counters:
+            return []
+        keys, args = self._encode("usage", (), (), 0, counters)
+        raw = await self._call(keys, args)
+        return [(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    async def reset(self, counters: Sequence[Counter]) -> None:
+        keys = [k for c in counters for k in self._keys(c)]
+        if keys:
+            await self._plain("delete", *keys)
+
+    async def set_exemption(self, subject: str, seconds: float) -> None:
+        if seconds <= 0:
+            await self._plain("hdel", self._exempt_key, subject)
+            return
+        until = self.clock() + seconds
+        await self._plain("hset", self._exempt_key, subject, repr(until))
+        ttl_ms = int(seconds * 1000) + 60_000
+        current = await self._plain("pttl", self._exempt_key)
+        if current is None or int(current) < ttl_ms:
+            await self._plain("pexpire", self._exempt_key, ttl_ms)
+
+    async def exemptions(self) -> dict[str, float]:
+        raw = await self._plain("hgetall", self._exempt_key)
+        now = self.clock()
+        out: dict[str, float] = {}
+        stale = []
+        for k, v in (raw or {}).items():
+            subject = k.decode() if isinstance(k, bytes) else str(k)
+            left = float(v) - now
+            if left > 0:
+                out[subject] = left
+            else:
+                stale.append(subject)
+        if stale:
+            await self._plain("hdel", self._exempt_key, *stale)
+        return out
+
+    async def _plain(self, method: str, *args: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await getattr(self.client, method)(*args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {_short(exc)}") from exc
+
+    async def ping(self) -> None:
+        await self._plain("ping")
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.aclose()
+        except (RedisError, OSError):
+            pass
+
+
+def _short(exc: BaseException) -> str:
+    """An error text without URLs (which could hold a password)."""
+    text = str(exc).split("\n", 1)[0][:200]
+    if "://" in text:
+        return "connection failed"
+    return text or type(exc).__name__
