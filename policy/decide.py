@@ -14,6 +14,7 @@ synchronously (memory) or awaited (Redis).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -95,6 +96,22 @@ class Plan:
     fail_closed: bool = False
 
 
+class CommitLog:
+    """Recent END-OF-MESSAGE commits by queue id, so a later cleanup reject can undo them."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, list[tuple[Counter, str]]] = OrderedDict()
+
+    def add(self, queue_id: str, members: list[tuple[Counter, str]]) -> None:
+        self.entries[queue_id] = members
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+    def pop(self, queue_id: str) -> list[tuple[Counter, str]] | None:
+        return self.entries.pop(queue_id, None)
+
+
 _NO_LIMITS = Decision(DUNNO, "no_limit")
 _IGNORED_STATE = Decision(DUNNO, "state")
 
@@ -111,6 +128,7 @@ class Engine:
         self.two_phase = cfg.accounting == "two-phase"
         self.ttl = float(cfg.reservation_ttl)
         self.exempt: Mapping[str, float] = {}
+        self.commits: CommitLog | None = None  # set when the mail log is followed
         self._allow_early = Decision(DUNNO, "allowlisted")
         self._exempt_early = Decision(DUNNO, "exempt")
 
@@ -282,6 +300,10 @@ class Engine:
                         reserved[charge.counter] = Reserved(rule, subject, w, [charge.member])
                     elif charge.member not in held.members:
                         held.members.append(charge.member)
+        if plan.op == "commit" and not blocked and self.commits is not None and plan.charges:
+            qid = plan.request.queue_id
+            if qid:
+                self.commits.add(qid, [(ch.counter, ch.member) for ch in plan.charges])
         if worst is None:
             return Decision(DUNNO, "ok", hits=tuple(hits), fallback=fallback)
         _, rule, subject, w = worst

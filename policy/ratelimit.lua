@@ -91,7 +91,7 @@ local function release_all()
   for _, r in ipairs(releases) do
     local i, m = r[1], r[2]
     local L, W, P = keys(i)
-    if redis.call('ZSCORE', P, m) then
+    if redis.call('HEXISTS', W, m) == 1 then
       local total = expire(i)
       totals[i] = drop(L, W, P, {m}, total)
       redis.call('HSET', W, '~sum', totals[i])

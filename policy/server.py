@@ -17,12 +17,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.config import Config, ConfigError, load_config
+from services.config import Config, ConfigError, PolicydConfig, load_config
 from services.logging import get_logger
+from services.logtail import FileFollower
 from services.netserver import Connection, NetServer
 
 from .admin import AdminServer
-from .decide import Decision, Engine, Plan, Session
+from .decide import CommitLog, Decision, Engine, Plan, Session
+from .postfix_log import cleanup_rejected_queue_id
 from .protocol import PolicyParser, PolicyRequest, ProtocolError
 from .store import Counter, Store, StoreError, open_store
 from .telemetry import PolicyMetrics
@@ -48,7 +50,8 @@ class PolicyService:
         self.config_path = config_path
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = PolicyMetrics(self.registry)
-        self.engine = Engine(self.cfg)
+        self.commits = CommitLog() if self.cfg.maillog else None
+        self.engine = self._engine(self.cfg)
         self.metrics.limits.set(len(self.engine.rules))
         self.clock = clock
         self._given_store = store
@@ -60,6 +63,7 @@ class PolicyService:
         self.metrics_server: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self.log_all = self.cfg.log_decisions == "all"
         self.log_actions = self.cfg.log_decisions != "none"
 
@@ -89,6 +93,8 @@ class PolicyService:
             self.metrics_server = MetricsServer(cfg.metrics_listen, self.registry)
             await self.metrics_server.start()
         self._refresher = asyncio.create_task(self._refresh_exemptions())
+        if cfg.maillog:
+            self._follower = asyncio.create_task(self._follow_maillog(cfg.maillog))
         log.info(
             "started",
             listen=self.net.addresses,
@@ -97,6 +103,36 @@ class PolicyService:
             admin=cfg.admin_socket or None,
             metrics=cfg.metrics_listen or None,
         )
+
+    def _engine(self, cfg: PolicydConfig) -> Engine:
+        engine = Engine(cfg)
+        engine.commits = self.commits
+        return engine
+
+    async def _follow_maillog(self, path: str) -> None:
+        """Take back END-OF-MESSAGE charges of messages cleanup(8) then rejected."""
+        follower = FileFollower(path, from_end=True, poll=float(self.cfg.maillog_poll))
+        while True:
+            try:
+                async for line in follower.lines():
+                    qid = cleanup_rejected_queue_id(line)
+                    if qid is None or self.commits is None:
+                        continue
+                    members = self.commits.pop(qid)
+                    if not members:
+                        continue
+                    store = self.active_store()
+                    try:
+                        await store.release(members)
+                    except StoreError:
+                        continue
+                    self.metrics.uncommitted.inc()
+                    log.info("uncommitted", queue_id=qid, reason="cleanup_reject", counters=len(members))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep following whatever a line does
+                log.exception("maillog_follow_failed", path=path)
+                await asyncio.sleep(1.0)
 
     def _open_store(self, config: Config) -> Store:
         cfg = config.policyd
@@ -129,7 +165,7 @@ class PolicyService:
             return
         try:
             new = load_config(self.config_path)
-            engine = Engine(new.policyd)
+            engine = self._engine(new.policyd)
         except (ConfigError, ValueError) as exc:
             self.metrics.reloads.labels(result="error").inc()
             log.error("reload_failed", error=str(exc), kept="previous configuration")
@@ -151,8 +187,9 @@ class PolicyService:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let connections finish their request, release state."""
-        if self._refresher:
-            self._refresher.cancel()
+        for task in (self._refresher, self._follower):
+            if task is not None:
+                task.cancel()
         if self.net:
             await self.net.drain(grace)
         if self._tasks:

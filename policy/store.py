@@ -56,11 +56,11 @@ class Store(Protocol):
     async def commit(
         self, charges: Sequence[Charge], release: Sequence[tuple[Counter, str]]
     ) -> list[Outcome]:
-        """Release pending members, then check all; if every enforce charge fits, add all."""
+        """Release members, then check all; if every enforce charge fits, add all."""
         ...
 
     async def release(self, members: Sequence[tuple[Counter, str]]) -> None:
-        """Remove pending members (missing ones are ignored)."""
+        """Remove members, pending or committed (missing ones are ignored)."""
         ...
 
     async def usage(self, counters: Sequence[Counter]) -> list[tuple[int, int]]:

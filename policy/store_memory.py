@@ -52,7 +52,7 @@ class _Log:
     def has(self, member: str) -> bool:
         return bool((self.done and member in self.done) or (self.pend and member in self.pend))
 
-    def drop_pending(self, member: str) -> None:
+    def drop(self, member: str) -> None:
         pend = self.pend
         if pend:
             entry = pend.pop(member, None)
@@ -60,6 +60,14 @@ class _Log:
                 self.total -= entry[1]
                 if not pend:
                     self.pend = None
+                return
+        done = self.done
+        if done:
+            gone = done.pop(member, None)
+            if gone is not None:
+                self.total -= gone[1]
+                if not done:
+                    self.done = None
 
     def split(self) -> tuple[int, int]:
         pending = sum(e[1] for e in self.pend.values()) if self.pend else 0
@@ -164,7 +172,7 @@ class MemoryStore:
         for c, member in members:
             log = logs.get((c.key, c.window))
             if log is not None:
-                log.drop_pending(member)
+                log.drop(member)
                 if not log.total and not log.done and not log.pend:
                     del logs[(c.key, c.window)]
 

@@ -63,6 +63,11 @@ class PolicyMetrics:
         self.reloads = Counter(
             "pfm_policyd_reloads", "Configuration reloads, by result.", ["result"], registry=registry
         )
+        self.uncommitted = Counter(
+            "pfm_policyd_uncommitted",
+            "END-OF-MESSAGE charges taken back because cleanup rejected the message afterwards.",
+            registry=registry,
+        )
         self.limits = Gauge(
             "pfm_policyd_limits_configured", "Limits in the running configuration.", registry=registry
         )

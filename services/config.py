@@ -231,6 +231,8 @@ class PolicydConfig:
     admin_socket: str = "/run/pfm/policyd-admin.sock"
     metrics_listen: str = "127.0.0.1:9155"
     log_decisions: Literal["all", "actions", "none"] = "all"
+    maillog: str = ""
+    maillog_poll: Duration = Duration(0.25)
     allow: AllowList = AllowList()
     limits: Mapping[str, LimitConfig] = field(default_factory=dict)
 

@@ -167,3 +167,10 @@ async def test_empty_inputs_are_noops(store: Store) -> None:
     assert await store.usage([]) == []
     await store.release([])
     await store.ping()
+
+
+async def test_release_removes_committed_members(store: Store) -> None:
+    """A committed member can be taken back (a message Postfix rejected after END-OF-MESSAGE)."""
+    await store.commit([Charge(C, 2, "c:t1"), Charge(D, 1, "c:t1")], [])
+    await store.release([(C, "c:t1"), (D, "c:t1")])
+    assert await store.usage([C, D]) == [(0, 0), (0, 0)]
