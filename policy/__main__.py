@@ -62,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read policy requests from stdin, print each decision and its reasons, exit "
         "(uses a fresh in-memory state, never the live one)",
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level")
-    p.add_argument("--log-format", choices=["auto", "json", "console"], help="override [log] format")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level"
+    )
+    p.add_argument(
+        "--log-format", choices=["auto", "json", "console"], help="override [log] format"
+    )
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
     p.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     return p
@@ -95,7 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .server import PolicyService
 
     service = PolicyService(config, config_path=path)
-    return run_daemon(service, grace=float(config.policyd.grace), use_uvloop=not args.no_uvloop, name="pfm-policyd")
+    return run_daemon(
+        service,
+        grace=float(config.policyd.grace),
+        use_uvloop=not args.no_uvloop,
+        name="pfm-policyd",
+    )
 
 
 def check_config(config: Config, path: str) -> int:
@@ -156,9 +165,13 @@ def run_test(config: Config, data: bytes, out: object) -> int:
             if plan.early is not None:
                 decision = plan.early
             elif plan.op == "reserve":
-                decision = service.engine.conclude(plan, await store.reserve(plan.charges, service.engine.ttl))
+                decision = service.engine.conclude(
+                    plan, await store.reserve(plan.charges, service.engine.ttl)
+                )
             else:
-                decision = service.engine.conclude(plan, await store.commit(plan.charges, plan.release))
+                decision = service.engine.conclude(
+                    plan, await store.commit(plan.charges, plan.release)
+                )
             write(f"action={decision.action}\n")
             write(f"  state={item.protocol_state or '-'} reason={decision.reason}")
             write(f" limit={decision.rule}\n" if decision.rule else "\n")

@@ -11,11 +11,10 @@ import contextlib
 import ipaddress
 import json
 import os
-import stat
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.logging import get_logger
+from services.netserver import prepare_unix_path
 
 from .rules import Rule
 from .store import Counter, StoreError
@@ -47,7 +46,9 @@ def subject_kinds(subject: str) -> set[str]:
     return {"sasl_username", "sender_domain", "recipient_domain"}
 
 
-def counters_for(rules: tuple[Rule, ...], subject: str, limit: str = "") -> list[tuple[Rule, Counter]]:
+def counters_for(
+    rules: tuple[Rule, ...], subject: str, limit: str = ""
+) -> list[tuple[Rule, Counter]]:
     """The counters a subject has under every matching limit (all windows)."""
     kinds = subject_kinds(subject)
     if subject == "global":
@@ -63,7 +64,9 @@ def counters_for(rules: tuple[Rule, ...], subject: str, limit: str = "") -> list
         elif len(parts) != 1 or (parts[0] not in kinds and not limit):
             continue
         for w in rule.windows_for(subject):
-            out.append((rule, Counter(f"{rule.name}|{subject}|{int(w.seconds)}", w.seconds, w.count)))
+            out.append(
+                (rule, Counter(f"{rule.name}|{subject}|{int(w.seconds)}", w.seconds, w.count))
+            )
     return out
 
 
@@ -76,14 +79,12 @@ class AdminServer:
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        p = Path(self.path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(p.lstat().st_mode):
-                p.unlink()
+        prepare_unix_path(self.path)
         old = os.umask(0o177)
         try:
-            self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_LINE)
+            self.server = await asyncio.start_unix_server(
+                self._client, path=self.path, limit=MAX_LINE
+            )
         finally:
             os.umask(old)
 

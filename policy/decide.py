@@ -282,7 +282,16 @@ class Engine:
         for charge, (rule, subject, w), out in zip(plan.charges, plan.meta, outcomes, strict=True):
             breached = not out.allowed
             hits.append(
-                Hit(rule.name, subject, w.seconds, out.used, w.count, charge.weight, breached, rule.shadow)
+                Hit(
+                    rule.name,
+                    subject,
+                    w.seconds,
+                    out.used,
+                    w.count,
+                    charge.weight,
+                    breached,
+                    rule.shadow,
+                )
             )
             if breached and not rule.shadow:
                 sev = SEVERITY[rule.cfg.action]

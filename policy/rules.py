@@ -17,7 +17,15 @@ from .protocol import Action
 
 BLOCKING = frozenset({"defer", "defer_if_permit", "reject", "discard"})
 # Precedence when several limits are breached at once: the strongest answer wins.
-SEVERITY = {"reject": 6, "defer": 5, "defer_if_permit": 4, "discard": 3, "hold": 2, "prepend": 1, "warn": 0}
+SEVERITY = {
+    "reject": 6,
+    "defer": 5,
+    "defer_if_permit": 4,
+    "discard": 3,
+    "hold": 2,
+    "prepend": 1,
+    "warn": 0,
+}
 
 DEFAULT_REPLY = {
     "defer": "4.7.1 Rate limit exceeded ({limit} {unit} per {period}), try again later",
@@ -136,7 +144,9 @@ class Rule:
                 return False
         if cfg.networks and not in_networks(attrs.get("client_address", ""), cfg.networks):
             return False
-        if cfg.exclude_networks and in_networks(attrs.get("client_address", ""), cfg.exclude_networks):
+        if cfg.exclude_networks and in_networks(
+            attrs.get("client_address", ""), cfg.exclude_networks
+        ):
             return False
         if cfg.exclude_senders:
             sender = attrs.get("sender", "").lower()

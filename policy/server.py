@@ -9,6 +9,7 @@ per-connection worker task awaits the store, so answers keep their order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -75,7 +76,9 @@ class PolicyService:
         if self.store is None:
             self.store = self._open_store(self.config)
         if cfg.state != "memory" and cfg.fallback:
-            self.fallback = open_store("memory", max_keys=min(cfg.memory_max_keys, 100_000), clock=self.clock)
+            self.fallback = open_store(
+                "memory", max_keys=min(cfg.memory_max_keys, 100_000), clock=self.clock
+            )
         self.net = NetServer(
             cfg.listen,
             lambda: PolicyConnection(self),
@@ -127,7 +130,9 @@ class PolicyService:
                     except StoreError:
                         continue
                     self.metrics.uncommitted.inc()
-                    log.info("uncommitted", queue_id=qid, reason="cleanup_reject", counters=len(members))
+                    log.info(
+                        "uncommitted", queue_id=qid, reason="cleanup_reject", counters=len(members)
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep following whatever a line does
@@ -232,7 +237,11 @@ class PolicyService:
     def active_store(self) -> Store:
         """The primary store, or the fallback while the primary is marked down."""
         assert self.store is not None
-        if self.fallback is not None and self.store_down_until and self.clock() < self.store_down_until:
+        if (
+            self.fallback is not None
+            and self.store_down_until
+            and self.clock() < self.store_down_until
+        ):
             return self.fallback  # type: ignore[no-any-return]
         return self.store
 
@@ -361,10 +370,8 @@ class PolicyService:
             self.spawn(self._release_quietly(store, members))
 
     async def _release_quietly(self, store: Store, members: list[tuple[Counter, str]]) -> None:
-        try:
+        with contextlib.suppress(StoreError):  # reservations expire on their own
             await store.release(members)
-        except StoreError:
-            pass  # reservations expire on their own
 
 
 class PolicyConnection(Connection):
@@ -486,7 +493,9 @@ class PolicyConnection(Connection):
         service.metrics.connections.dec()
         if self.parser.pending:
             service.metrics.bad_requests.labels(reason="incomplete_request").inc()
-            log.warning("incomplete_request", peer=self.peer, detail="connection closed mid-request")
+            log.warning(
+                "incomplete_request", peer=self.peer, detail="connection closed mid-request"
+            )
         if self.worker is not None:
             self.worker.cancel()
         service.release_session(self.session)

@@ -21,7 +21,9 @@ class _Log:
 
     def __init__(self) -> None:
         self.done: dict[str, tuple[float, int]] | None = None  # member -> (ts, weight)
-        self.pend: dict[str, tuple[float, int, float]] | None = None  # member -> (ts, weight, deadline)
+        self.pend: dict[str, tuple[float, int, float]] | None = (
+            None  # member -> (ts, weight, deadline)
+        )
         self.total = 0
 
     def expire(self, now: float, window: float) -> None:
@@ -106,7 +108,9 @@ class MemoryStore:
             log.expire(now, c.window)
         return log
 
-    def _check(self, charges: Sequence[Charge], now: float) -> tuple[list[Outcome], list[_Log], bool]:
+    def _check(
+        self, charges: Sequence[Charge], now: float
+    ) -> tuple[list[Outcome], list[_Log], bool]:
         outs: list[Outcome] = []
         logs: list[_Log] = []
         ok = True

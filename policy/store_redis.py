@@ -9,6 +9,7 @@ becomes :class:`~policy.store.StoreError` within the command timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -40,7 +41,9 @@ class RedisStore:
         if client is None:
             from services.redis import create_redis
 
-            client = create_redis(url, connect_timeout=connect_timeout, command_timeout=command_timeout)
+            client = create_redis(
+                url, connect_timeout=connect_timeout, command_timeout=command_timeout
+            )
         self.client = client
         self.prefix = prefix
         self.clock = clock
@@ -164,10 +167,8 @@ class RedisStore:
         await self._plain("ping")
 
     async def aclose(self) -> None:
-        try:
+        with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
-        except (RedisError, OSError):
-            pass
 
 
 def _short(exc: BaseException) -> str:

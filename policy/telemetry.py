@@ -61,7 +61,10 @@ class PolicyMetrics:
             registry=registry,
         )
         self.reloads = Counter(
-            "pfm_policyd_reloads", "Configuration reloads, by result.", ["result"], registry=registry
+            "pfm_policyd_reloads",
+            "Configuration reloads, by result.",
+            ["result"],
+            registry=registry,
         )
         self.uncommitted = Counter(
             "pfm_policyd_uncommitted",
@@ -69,7 +72,9 @@ class PolicyMetrics:
             registry=registry,
         )
         self.limits = Gauge(
-            "pfm_policyd_limits_configured", "Limits in the running configuration.", registry=registry
+            "pfm_policyd_limits_configured",
+            "Limits in the running configuration.",
+            registry=registry,
         )
         self.store_up.set(1)
         self._req: dict[tuple[str, str], Callable[[], None]] = {}

@@ -99,7 +99,9 @@ class Window:
             if seconds <= 0:
                 raise ValueError(f"invalid window {value!r}: the period must be positive")
             return cls(count, seconds)
-        raise ValueError(f"invalid window {value!r}: use 'COUNT/PERIOD' such as '100/1h' or '1000/1d'")
+        raise ValueError(
+            f"invalid window {value!r}: use 'COUNT/PERIOD' such as '100/1h' or '1000/1d'"
+        )
 
     def __str__(self) -> str:
         return f"{self.count}/{_fmt_seconds(self.seconds)}"
@@ -223,7 +225,9 @@ class PolicydConfig:
     accounting: Literal["two-phase", "rcpt"] = "two-phase"
     reservation_ttl: Duration = Duration(900)
     on_store_error: FailMode = "open"
-    tempfail_action: str = "DEFER_IF_PERMIT 4.3.0 Policy service temporarily unavailable, try again later"
+    tempfail_action: str = (
+        "DEFER_IF_PERMIT 4.3.0 Policy service temporarily unavailable, try again later"
+    )
     bad_request_action: str = "DUNNO"
     overload_action: str = "DEFER_IF_PERMIT 4.3.2 Policy service busy, try again later"
     fallback: bool = True
@@ -273,7 +277,9 @@ def parse_config_text(text: str, source: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError("", f"TOML syntax error: {exc}", int(m.group(1)) if m else None, source) from None
+        raise ConfigError(
+            "", f"TOML syntax error: {exc}", int(m.group(1)) if m else None, source
+        ) from None
     try:
         return build_config(data, source=source)
     except ConfigError as exc:
@@ -319,11 +325,15 @@ def _validate(cfg: Config) -> None:
         if lim.action == "prepend" and not lim.prepend_header:
             raise ConfigError(f"{base}.prepend_header", "action 'prepend' needs a header line")
         if lim.prepend_header and not re.fullmatch(r"[!-9;-~]+:[^\r\n]*", lim.prepend_header):
-            raise ConfigError(f"{base}.prepend_header", "must be a single 'Name: value' header line")
+            raise ConfigError(
+                f"{base}.prepend_header", "must be a single 'Name: value' header line"
+            )
         if any(ch in lim.reply for ch in "\r\n\0"):
             raise ConfigError(f"{base}.reply", "must be a single line")
         if "recipient" in lim.key and lim.unit == "messages":
-            raise ConfigError(f"{base}.key", "a per-recipient key counts recipients: use unit = 'recipients'")
+            raise ConfigError(
+                f"{base}.key", "a per-recipient key counts recipients: use unit = 'recipients'"
+            )
         for subject, windows in lim.overrides.items():
             if windows and {w.seconds for w in windows} - set(spans):
                 raise ConfigError(

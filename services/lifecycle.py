@@ -45,7 +45,9 @@ def loop_factory(use_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventL
     return factory
 
 
-def run_daemon(daemon: Daemon, *, grace: float = 10.0, use_uvloop: bool = True, name: str = "pfm") -> int:
+def run_daemon(
+    daemon: Daemon, *, grace: float = 10.0, use_uvloop: bool = True, name: str = "pfm"
+) -> int:
     """Run a daemon until it is stopped; returns the process exit code."""
     with asyncio.Runner(loop_factory=loop_factory(use_uvloop)) as runner:
         return runner.run(serve(daemon, grace=grace, name=name))
@@ -71,17 +73,20 @@ class Signals:
         self.wake.set()
 
 
-async def serve(daemon: Daemon, *, grace: float = 10.0, name: str = "pfm", signals: Signals | None = None) -> int:
+async def serve(
+    daemon: Daemon, *, grace: float = 10.0, name: str = "pfm", signals: Signals | None = None
+) -> int:
     """The lifecycle proper; ``signals`` lets tests drive it without real signals."""
     loop = asyncio.get_running_loop()
     sig = signals or Signals()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if signals is None:
-        for signum, handler in (
+        handlers: tuple[tuple[signal.Signals, Callable[[], None]], ...] = (
             (signal.SIGTERM, sig.request_stop),
             (signal.SIGINT, sig.request_stop),
             (signal.SIGHUP, sig.request_reload),
-        ):
+        )
+        for signum, handler in handlers:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, handler)
                 installed.append(signum)
@@ -119,9 +124,9 @@ async def serve(daemon: Daemon, *, grace: float = 10.0, name: str = "pfm", signa
             stopper.cancel()
             log.warning("forced_stop", daemon=name)
             return EXIT_FAILURE
-        exc = stopper.exception()
-        if exc is not None:
-            log.error("stop_failed", daemon=name, error=str(exc))
+        failure = stopper.exception()
+        if failure is not None:
+            log.error("stop_failed", daemon=name, error=str(failure))
             return EXIT_FAILURE
         return EXIT_OK
     finally:

@@ -14,7 +14,12 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(
     r"^(password|passwd|pass|secret|otp|totp|token|app_password|authorization|credentials|"
@@ -30,7 +35,10 @@ def is_secret_key(name: str) -> bool:
 
 def _redact(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v)) for k, v in value.items()}
+        return {
+            k: (REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_redact(v) for v in value]
     return value
@@ -76,7 +84,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=LEVELS.get(level, logging.INFO), stream=out, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=LEVELS.get(level, logging.INFO),
+        stream=out,
+        format="%(name)s %(levelname)s %(message)s",
+    )
 
 
 def get_logger(name: str) -> Any:

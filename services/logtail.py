@@ -11,7 +11,9 @@ from typing import BinaryIO
 class FileFollower:
     """Yield complete lines appended to a file, polling (works on any filesystem)."""
 
-    def __init__(self, path: str, *, from_end: bool = True, poll: float = 0.25, max_line: int = 65536) -> None:
+    def __init__(
+        self, path: str, *, from_end: bool = True, poll: float = 0.25, max_line: int = 65536
+    ) -> None:
         self.path = path
         self.from_end = from_end
         self.poll = poll

@@ -40,7 +40,9 @@ class MetricsServer:
         if a.kind == "unix":
             self.server = await asyncio.start_unix_server(self._client, a.path)
         else:
-            self.server = await asyncio.start_server(self._client, a.host, a.port, reuse_address=True)
+            self.server = await asyncio.start_server(
+                self._client, a.host, a.port, reuse_address=True
+            )
 
     @property
     def port(self) -> int:
@@ -57,7 +59,12 @@ class MetricsServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
             writer.close()
             return
         if len(head) > MAX_REQUEST:
@@ -69,7 +76,9 @@ class MetricsServer:
             return
         path = parts[1].split(b"?", 1)[0]
         if path == b"/metrics":
-            body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
+            body = await asyncio.get_running_loop().run_in_executor(
+                None, generate_latest, self.registry
+            )
             await self._send(writer, 200, body, CONTENT_TYPE_LATEST, head_only=parts[0] == b"HEAD")
         elif path in (b"/healthz", b"/"):
             await self._send(writer, 200, b"ok\n", head_only=parts[0] == b"HEAD")

@@ -65,6 +65,30 @@ def parse_listen(spec: str) -> ListenAddress:
     return ListenAddress("tcp", host=host, port=int(port))
 
 
+def prepare_unix_path(path: str) -> None:
+    """Make a unix socket path bindable: create its directory, remove a stale socket.
+
+    A socket file some live process still answers on is left alone (EADDRINUSE), and a
+    path that is not a socket is never removed.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if not stat.S_ISSOCK(p.lstat().st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        p.unlink()  # stale socket of a dead process
+    else:
+        raise OSError(errno.EADDRINUSE, "in use")
+    finally:
+        probe.close()
+
+
 class Connection(asyncio.Protocol):
     """Base protocol: registers with its server, tracks activity and a busy flag."""
 
@@ -153,28 +177,18 @@ class NetServer:
             except OSError as exc:
                 await self.close()
                 if exc.errno == errno.EADDRINUSE:
-                    raise OSError(exc.errno, f"cannot listen on {spec}: address already in use") from None
+                    raise OSError(
+                        exc.errno, f"cannot listen on {spec}: address already in use"
+                    ) from None
                 raise OSError(exc.errno, f"cannot listen on {spec}: {exc.strerror}") from None
             self.servers.append(server)
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _start_unix(self, loop: asyncio.AbstractEventLoop, spec: ListenAddress) -> Any:
-        path = Path(spec.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                probe = socket.socket(socket.AF_UNIX)
-                try:
-                    probe.connect(str(path))
-                except OSError:
-                    path.unlink()  # stale socket of a dead process
-                else:
-                    raise OSError(errno.EADDRINUSE, "in use")
-                finally:
-                    probe.close()
-        server = await loop.create_unix_server(self._make, str(path), backlog=self.backlog)
-        os.chmod(path, spec.mode)
-        self._unix_paths.append(str(path))
+        prepare_unix_path(spec.path)
+        server = await loop.create_unix_server(self._make, spec.path, backlog=self.backlog)
+        os.chmod(spec.path, spec.mode)
+        self._unix_paths.append(spec.path)
         return server
 
     @property
@@ -202,7 +216,11 @@ class NetServer:
             await asyncio.sleep(interval)
             cutoff = time.monotonic() - self.idle_timeout
             for conn in [c for c in self.connections if c.last_active < cutoff and not c.busy]:
-                log.info("idle_close", peer=conn.peer, idle_s=round(time.monotonic() - conn.last_active, 1))
+                log.info(
+                    "idle_close",
+                    peer=conn.peer,
+                    idle_s=round(time.monotonic() - conn.last_active, 1),
+                )
                 conn.close()
 
     async def drain(self, grace: float) -> None:
@@ -211,7 +229,7 @@ class NetServer:
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + grace
-        while any(c.busy for c in self.connections) and time.monotonic() < deadline:
+        while any(c.busy for c in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self.close()
 

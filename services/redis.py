@@ -52,6 +52,8 @@ def create_redis(
         for s in sentinels:
             host, _, port = s.rpartition(":")
             hosts.append((host.strip("[]"), int(port)))
-        sentinel = Sentinel(hosts, socket_timeout=command_timeout, socket_connect_timeout=connect_timeout)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, socket_timeout=command_timeout, socket_connect_timeout=connect_timeout
+        )
         return sentinel.master_for(sentinel_master, **common)
     return Redis.from_url(url, **common)

@@ -73,7 +73,13 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 def start_server(kind: str, tmp: Path, rport: int, log: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     if kind == "null":
-        argv = [sys.executable, str(ROOT / "tests/bench/policy_load.py"), "null-server", "--listen", f"127.0.0.1:{port}"]
+        argv = [
+            sys.executable,
+            str(ROOT / "tests/bench/policy_load.py"),
+            "null-server",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ]
     else:
         conf = tmp / f"{kind}.toml"
         conf.write_text(CONFIG.format(port=port, rport=rport, state=kind, tmp=tmp, log=log))
@@ -97,9 +103,25 @@ def start_redis(tmp: Path) -> tuple[int, Path]:
     port = free_port()
     pidfile = tmp / "redis.pid"
     subprocess.run(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(tmp)],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(pidfile),
+            "--dir",
+            str(tmp),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     wait_port(port)
     for _ in range(100):
@@ -140,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--keys", type=int, default=10000, help="distinct users/IPs in the load")
-    ap.add_argument("--log", default="all", choices=["all", "actions", "none"], help="policyd log_decisions")
+    ap.add_argument(
+        "--log", default="all", choices=["all", "actions", "none"], help="policyd log_decisions"
+    )
     ap.add_argument("--skip-memory-rss", action="store_true")
     args = ap.parse_args(argv)
     conns = [int(c) for c in args.connections.split(",")]
@@ -157,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_load(f"127.0.0.1:{port}", 4, 1.0, args.keys, server_pid=proc.pid)  # warm-up
                 results[kind] = {}
                 for n in conns:
-                    results[kind][n] = run_load(f"127.0.0.1:{port}", n, args.duration, args.keys, server_pid=proc.pid)
+                    results[kind][n] = run_load(
+                        f"127.0.0.1:{port}", n, args.duration, args.keys, server_pid=proc.pid
+                    )
             finally:
                 stop(proc)
     finally:
@@ -166,26 +192,40 @@ def main(argv: list[str] | None = None) -> int:
 
     null = results["null"]
     print()
-    print(f"pfm-policyd benchmark ({args.duration:g}s per cell, {args.keys} keys, log_decisions={args.log}, "
-          f"{os.cpu_count()} cores)")
+    print(
+        f"pfm-policyd benchmark ({args.duration:g}s per cell, {args.keys} keys, log_decisions={args.log}, "
+        f"{os.cpu_count()} cores)"
+    )
     hdr = f"{'server':8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU s':>9} {'req/CPU-s':>10} {'vs null':>8} {'p99 vs null':>11} {'errors':>6}"
     print(hdr)
     print("-" * len(hdr))
     for kind, rows in results.items():
         for n, r in rows.items():
             base = null[n]
-            ratio = r["requests_per_cpu_s"] / base["requests_per_cpu_s"] if base["requests_per_cpu_s"] else 0
+            ratio = (
+                r["requests_per_cpu_s"] / base["requests_per_cpu_s"]
+                if base["requests_per_cpu_s"]
+                else 0
+            )
             p99r = r["p99_ms"] / base["p99_ms"] if base["p99_ms"] else 0
-            print(f"{kind:8} {n:>5} {r['requests_per_s']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
-                  f"{r['server_cpu_s']:>9.2f} {r['requests_per_cpu_s']:>10.0f} {ratio:>7.0%} {p99r:>10.2f}x {r['errors']:>6}")
-    print("targets: memory >= 50% and redis >= 30% of null req/CPU-s; p99 < 1 ms at 1 conn; p99 <= 2x null at 16")
+            print(
+                f"{kind:8} {n:>5} {r['requests_per_s']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+                f"{r['server_cpu_s']:>9.2f} {r['requests_per_cpu_s']:>10.0f} {ratio:>7.0%} {p99r:>10.2f}x {r['errors']:>6}"
+            )
+    print(
+        "targets: memory >= 50% and redis >= 30% of null req/CPU-s; p99 < 1 ms at 1 conn; p99 <= 2x null at 16"
+    )
     if not args.skip_memory_rss:
         print()
         print("memory store RSS (MiB growth at each quarter of the inserts)")
         one = memory_rss(1_000_000, 1_000_000)
         two = memory_rss(2_000_000, 1_000_000)
-        print(f"  1M distinct keys, cap 1M: kept {one['keys_kept']}, growth {one['rss_growth_mib_by_quarter']}")
-        print(f"  2M distinct keys, cap 1M: kept {two['keys_kept']}, growth {two['rss_growth_mib_by_quarter']}")
+        print(
+            f"  1M distinct keys, cap 1M: kept {one['keys_kept']}, growth {one['rss_growth_mib_by_quarter']}"
+        )
+        print(
+            f"  2M distinct keys, cap 1M: kept {two['keys_kept']}, growth {two['rss_growth_mib_by_quarter']}"
+        )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -28,7 +28,12 @@ def world_dir(prefix: str) -> Path:
 class PostfixInstance:
     """One Postfix instance started from its own config directory."""
 
-    def __init__(self, sink_port: int, extra: dict[str, str] | None = None, domains: tuple[str, ...] = ("example.org", "example.net")) -> None:
+    def __init__(
+        self,
+        sink_port: int,
+        extra: dict[str, str] | None = None,
+        domains: tuple[str, ...] = ("example.org", "example.net"),
+    ) -> None:
         self.dir = world_dir("postfix-")
         self.conf = self.dir / "conf"
         self.port = free_port()
@@ -161,7 +166,9 @@ class PostfixInstance:
             if m:
                 return m
             if time.monotonic() > deadline:
-                raise AssertionError(f"no log line matching {rx.pattern!r} in:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"no log line matching {rx.pattern!r} in:\n{self.log_text()[-3000:]}"
+                )
             time.sleep(0.05)
 
     def postqueue_json(self) -> list[dict[str, object]]:

@@ -24,7 +24,9 @@ class _Handler:
         self.sink = sink
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.sink._add(Delivered(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content)))
+        self.sink._add(
+            Delivered(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
+        )
         return "250 OK queued by sink"
 
 
@@ -55,6 +57,8 @@ class SmtpSink:
             while len(self.messages) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"sink got {len(self.messages)} messages, expected {count}")
+                    raise AssertionError(
+                        f"sink got {len(self.messages)} messages, expected {count}"
+                    )
                 self._cond.wait(left)
             return list(self.messages)

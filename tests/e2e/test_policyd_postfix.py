@@ -32,7 +32,9 @@ def send(port: int, sender: str, rcpts: list[str], subject: str = "hello") -> di
         return dict(s.sendmail(sender, rcpts, msg))
 
 
-async def test_eleventh_message_deferred(tmp_path: Path, postfix_factory: Any, smtp_sink: Any) -> None:
+async def test_eleventh_message_deferred(
+    tmp_path: Path, postfix_factory: Any, smtp_sink: Any
+) -> None:
     """With 10 messages/hour per sender, the 11th gets 4.7.1 in SMTP and in Postfix's log."""
     limits = {"sender_hourly": {"key": "sender", "windows": ["10/1h"]}}
     async with running(make_config(tmp_path, limits)) as svc:
@@ -50,7 +52,9 @@ async def test_eleventh_message_deferred(tmp_path: Path, postfix_factory: Any, s
         assert await _to_thread(send, pf.port, "bob@example.org", ["x@example.org"]) == {}
 
 
-async def test_recipient_limit_defers_exactly_the_excess(tmp_path: Path, postfix_factory: Any, smtp_sink: Any) -> None:
+async def test_recipient_limit_defers_exactly_the_excess(
+    tmp_path: Path, postfix_factory: Any, smtp_sink: Any
+) -> None:
     """A 3-recipient limit accepts 3 of 5 recipients and defers the other 2; the 3 are delivered."""
     limits = {"rcpts": {"key": "sender", "unit": "recipients", "windows": ["3/1h"]}}
     async with running(make_config(tmp_path, limits)) as svc:
@@ -83,7 +87,9 @@ async def test_header_check_reject_is_not_charged(
             with pytest.raises(smtplib.SMTPDataError) as info:
                 await _to_thread(send, pf.port, "dave@example.org", ["x@example.org"], "reject-me")
             assert info.value.smtp_code == 550
-            for _ in range(100):  # the cleanup reject reaches the log, pfm-policyd takes the charge back
+            for _ in range(
+                100
+            ):  # the cleanup reject reaches the log, pfm-policyd takes the charge back
                 if metric(svc, "pfm_policyd_uncommitted_total") == i + 1:
                     break
                 await asyncio.sleep(0.05)

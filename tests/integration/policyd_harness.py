@@ -27,7 +27,11 @@ def make_config(tmp: Path, limits: dict[str, Any] | None = None, **policyd: Any)
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, *, config_path: str | None = None, clock: Callable[[], float] | None = None, **kw: Any
+    config: Config,
+    *,
+    config_path: str | None = None,
+    clock: Callable[[], float] | None = None,
+    **kw: Any,
 ) -> AsyncIterator[PolicyService]:
     """A started PolicyService, stopped afterwards."""
     extra: dict[str, Any] = {"registry": CollectorRegistry(), **kw}

@@ -56,12 +56,17 @@ async def test_reload_under_load_and_clean_stop(tmp_path: Path) -> None:
     write_config(conf, port, mport, 1)
     logfile = tmp_path / "policyd.log"
     with logfile.open("wb") as logf:
-        proc = subprocess.Popen(cmd("--config", str(conf)), cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd("--config", str(conf)), cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT
+        )
     try:
         await wait_listening(port, proc)
         c = await PolicyClient.connect("127.0.0.1", port)
         assert await c.ask(instance="a", sender="s@x.test") == "DUNNO"
-        assert await c.ask(state="END-OF-MESSAGE", instance="a", sender="s@x.test", recipient_count=1) == "DUNNO"
+        assert (
+            await c.ask(state="END-OF-MESSAGE", instance="a", sender="s@x.test", recipient_count=1)
+            == "DUNNO"
+        )
         assert (await c.ask(instance="b", sender="s@x.test")).startswith("DEFER")
 
         stop = asyncio.Event()
@@ -75,7 +80,9 @@ async def test_reload_under_load_and_clean_stop(tmp_path: Path) -> None:
             while not stop.is_set():
                 i += 1
                 try:
-                    a = await cl.ask_raw(encode(request(instance=f"h{n}.{i}", sender=f"h{n}@x.test")))
+                    a = await cl.ask_raw(
+                        encode(request(instance=f"h{n}.{i}", sender=f"h{n}@x.test"))
+                    )
                     answered += 1
                     if not (a == "DUNNO" or a.startswith("DEFER")):
                         failures.append(a)
@@ -113,11 +120,15 @@ def test_check_config_ok_and_bad(tmp_path: Path) -> None:
     """--check-config exits 0 with a summary, 78 with the key and line of an error."""
     conf = tmp_path / "pfm.toml"
     write_config(conf, 10040, 9155, 10)
-    ok = subprocess.run(cmd("--check-config", "--config", str(conf)), capture_output=True, text=True, cwd=ROOT)
+    ok = subprocess.run(
+        cmd("--check-config", "--config", str(conf)), capture_output=True, text=True, cwd=ROOT
+    )
     assert ok.returncode == 0, ok.stderr
     assert "limit sender: key=sender unit=messages windows=10/1h" in ok.stdout
     conf.write_text(conf.read_text().replace('key = "sender"', 'key = "senders"'))
-    bad = subprocess.run(cmd("--check-config", "--config", str(conf)), capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        cmd("--check-config", "--config", str(conf)), capture_output=True, text=True, cwd=ROOT
+    )
     assert bad.returncode == 78
     assert "pfm.toml:9: policyd.limits.sender.key[0]: must be one of" in bad.stderr
 
@@ -126,10 +137,16 @@ def test_test_mode_prints_decision_and_reasons(tmp_path: Path) -> None:
     """--test reads requests on stdin and prints each decision with the limits it hit."""
     conf = tmp_path / "pfm.toml"
     write_config(conf, 10040, 9155, 1)
-    data = encode(request(instance="t1")) + encode(request(state="END-OF-MESSAGE", instance="t1", recipient_count=1))
+    data = encode(request(instance="t1")) + encode(
+        request(state="END-OF-MESSAGE", instance="t1", recipient_count=1)
+    )
     data += encode(request(instance="t2"))
     res = subprocess.run(
-        cmd("--test", "--config", str(conf)), input=data, capture_output=True, cwd=ROOT, env={**os.environ}
+        cmd("--test", "--config", str(conf)),
+        input=data,
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ},
     )
     out = res.stdout.decode()
     assert res.returncode == 0, res.stderr
@@ -142,5 +159,12 @@ def test_help_is_complete() -> None:
     """--help documents every option and the Postfix wiring."""
     res = subprocess.run(cmd("--help"), capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0
-    for word in ("--config", "--check-config", "--test", "check_policy_service", "SIGHUP", "exit codes"):
+    for word in (
+        "--config",
+        "--check-config",
+        "--test",
+        "check_policy_service",
+        "SIGHUP",
+        "exit codes",
+    ):
         assert word in res.stdout

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import asyncio
+from pathlib import Path
 
 from services.cli.main import main as _pfm
 from tests.fixtures.policy_requests import PolicyClient
 from tests.integration.policyd_harness import address, make_config, metric, running
-
 
 
 async def pfm(argv: list[str]) -> int:
@@ -20,13 +18,17 @@ async def pfm(argv: list[str]) -> int:
 SENDER_3_PER_HOUR = {"sender_hourly": {"key": "sender", "windows": ["3/1h"]}}
 
 
-async def send_message(c: PolicyClient, instance: str, rcpts: list[str], size: int = 100, **kw: str) -> list[str]:
+async def send_message(
+    c: PolicyClient, instance: str, rcpts: list[str], size: int = 100, **kw: str
+) -> list[str]:
     """One transaction: RCPT per recipient, then END-OF-MESSAGE with the accepted count."""
     answers = [await c.ask(instance=instance, recipient=r, **kw) for r in rcpts]  # type: ignore[arg-type]
     accepted = sum(1 for a in answers if a == "DUNNO")
     if accepted:
         answers.append(
-            await c.ask(state="END-OF-MESSAGE", instance=instance, size=size, recipient_count=accepted, **kw)  # type: ignore[arg-type]
+            await c.ask(
+                state="END-OF-MESSAGE", instance=instance, size=size, recipient_count=accepted, **kw
+            )  # type: ignore[arg-type]
         )
     return answers
 
@@ -39,7 +41,14 @@ async def test_message_limit_defers_the_fourth(tmp_path: Path) -> None:
             assert await send_message(c, f"i{i}", ["a@x.test", "b@x.test"]) == ["DUNNO"] * 3
         answer = await c.ask(instance="i3", recipient="a@x.test")
         assert answer.startswith("DEFER 4.7.1 Rate limit exceeded (3 messages per 1h)")
-        assert metric(svc, "pfm_policyd_limit_breaches_total", {"limit": "sender_hourly", "mode": "enforce"}) == 1
+        assert (
+            metric(
+                svc,
+                "pfm_policyd_limit_breaches_total",
+                {"limit": "sender_hourly", "mode": "enforce"},
+            )
+            == 1
+        )
         other = await c.ask(instance="i4", sender="carol@example.org")
         assert other == "DUNNO"
         await c.close()
@@ -56,7 +65,12 @@ async def test_recipient_limit_defers_only_excess_recipients(tmp_path: Path) -> 
         assert answers[3] == "DUNNO"  # END-OF-MESSAGE
         assert (await c.ask(instance="t2", recipient="d@x.test")).startswith("DEFER")
         await c.close()
-        assert await pfm(["policy", "--socket", str(tmp_path / "admin.sock"), "usage", "alice@example.org"]) == 0
+        assert (
+            await pfm(
+                ["policy", "--socket", str(tmp_path / "admin.sock"), "usage", "alice@example.org"]
+            )
+            == 0
+        )
 
 
 async def test_abandoned_transaction_is_not_charged(tmp_path: Path) -> None:
@@ -97,7 +111,9 @@ async def test_bytes_quota_checked_at_rcpt_debited_at_eom(tmp_path: Path) -> Non
         assert answers[0] == "DUNNO"
         assert answers[1].startswith("DEFER 4.7.1")
         assert await send_message(c, "b3", ["a@x.test"], size=300) == ["DUNNO", "DUNNO"]
-        answers = await send_message(c, "b4", ["a@x.test"], size=200)  # 900 used: RCPT fits, 1100 does not
+        answers = await send_message(
+            c, "b4", ["a@x.test"], size=200
+        )  # 900 used: RCPT fits, 1100 does not
         assert answers[0] == "DUNNO"
         assert answers[1].startswith("DEFER 4.7.1")
         await c.close()
@@ -110,7 +126,10 @@ async def test_shadow_mode_answers_dunno_and_counts(tmp_path: Path) -> None:
         c = await PolicyClient.connect(*address(svc))
         for i in range(3):
             assert await send_message(c, f"s{i}", ["a@x.test"]) == ["DUNNO", "DUNNO"]
-        assert metric(svc, "pfm_policyd_limit_breaches_total", {"limit": "trial", "mode": "shadow"}) >= 2
+        assert (
+            metric(svc, "pfm_policyd_limit_breaches_total", {"limit": "trial", "mode": "shadow"})
+            >= 2
+        )
         await c.close()
 
 
@@ -128,10 +147,14 @@ async def test_hierarchical_limits_all_apply(tmp_path: Path) -> None:
         c = await PolicyClient.connect(*address(svc))
         kw = {"client": "198.51.100.1"}
         for i in range(2):
-            assert (await send_message(c, f"u{i}", ["x@y.test"], user="u@small.example", **kw))[-1] == "DUNNO"
+            assert (await send_message(c, f"u{i}", ["x@y.test"], user="u@small.example", **kw))[
+                -1
+            ] == "DUNNO"
         assert (await c.ask(instance="u2", user="u@small.example", **kw)).startswith("DEFER")
         for i in range(3):
-            assert (await send_message(c, f"b{i}", ["x@y.test"], user="b@big.example", **kw))[-1] == "DUNNO"
+            assert (await send_message(c, f"b{i}", ["x@y.test"], user="b@big.example", **kw))[
+                -1
+            ] == "DUNNO"
         # client limit (5) now reached: 2 + 3 messages from 198.51.100.1
         answer = await c.ask(instance="v0", user="vip@big.example", **kw)
         assert answer.startswith("DEFER")
@@ -153,9 +176,15 @@ async def test_allow_list_and_exemption(tmp_path: Path) -> None:
             assert (await send_message(c, f"a{i}", ["x@y.test"], client="10.1.2.3"))[-1] == "DUNNO"
         assert (await send_message(c, "n0", ["x@y.test"]))[-1] == "DUNNO"
         assert (await c.ask(instance="n1")).startswith("DEFER")
-        assert await pfm(["policy", "--socket", sock, "exempt", "alice@example.org", "--for", "1h"]) == 0
+        assert (
+            await pfm(["policy", "--socket", sock, "exempt", "alice@example.org", "--for", "1h"])
+            == 0
+        )
         assert await c.ask(instance="n2") == "DUNNO"
-        assert await pfm(["policy", "--socket", sock, "exempt", "alice@example.org", "--for", "0"]) == 0
+        assert (
+            await pfm(["policy", "--socket", sock, "exempt", "alice@example.org", "--for", "0"])
+            == 0
+        )
         assert await pfm(["policy", "--socket", sock, "reset", "alice@example.org"]) == 0
         assert (await send_message(c, "n3", ["x@y.test"]))[-1] == "DUNNO"
         await c.close()

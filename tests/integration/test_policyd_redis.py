@@ -14,7 +14,12 @@ from tests.integration.redis_server import RedisServer
 def redis_config(tmp: Path, server: RedisServer, limits: dict[str, object], **policyd: object):  # type: ignore[no-untyped-def]
     return build_config(
         {
-            "redis": {"url": server.url, "prefix": "e2e", "command_timeout": 0.3, "connect_timeout": 0.3},
+            "redis": {
+                "url": server.url,
+                "prefix": "e2e",
+                "command_timeout": 0.3,
+                "connect_timeout": 0.3,
+            },
             "policyd": {
                 "listen": ["127.0.0.1:0"],
                 "state": "redis",
@@ -40,9 +45,10 @@ async def test_two_daemons_share_counters(tmp_path: Path, redis_server: RedisSer
     limits = {"two": {"key": "sender", "windows": ["2/1h"]}}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    async with running(redis_config(tmp_path / "a", redis_server, limits)) as a, running(
-        redis_config(tmp_path / "b", redis_server, limits)
-    ) as b:
+    async with (
+        running(redis_config(tmp_path / "a", redis_server, limits)) as a,
+        running(redis_config(tmp_path / "b", redis_server, limits)) as b,
+    ):
         ca = await PolicyClient.connect(*address(a))
         cb = await PolicyClient.connect(*address(b))
         assert (await txn(ca, "1"))[1] == "DUNNO"

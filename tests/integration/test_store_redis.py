@@ -24,7 +24,7 @@ async def test_every_key_has_a_ttl_and_a_hash_tag(redis_server: RedisServer) -> 
     assert len(keys) == 4
     for k in keys:
         ttl = r.pttl(k)
-        assert 0 < ttl, k
+        assert ttl > 0, k
         if b":rl:" in k:
             assert b"{lim|alice@example.org|3600}" in k
             assert ttl <= (3600 + 600 + 60) * 1000
@@ -48,7 +48,9 @@ async def test_expired_counters_leave_no_keys(redis_server: RedisServer) -> None
 
 async def test_outage_raises_quickly_and_recovers(own_redis: RedisServer) -> None:
     """With redis-server stopped calls fail fast with StoreError; after restart the same store works."""
-    s = open_store("redis", url=own_redis.url, prefix="out", command_timeout=0.3, connect_timeout=0.3)
+    s = open_store(
+        "redis", url=own_redis.url, prefix="out", command_timeout=0.3, connect_timeout=0.3
+    )
     await s.reserve([Charge(C, 1, "r:1")], 600)
     own_redis.stop()
     t0 = time.monotonic()
@@ -71,7 +73,9 @@ async def test_unreachable_at_start_is_a_store_error() -> None:
     """A store pointed at a closed port raises StoreError, not a raw socket error."""
     from tests.conftest import free_port
 
-    s = open_store("redis", url=f"redis://127.0.0.1:{free_port()}/0", command_timeout=0.2, connect_timeout=0.2)
+    s = open_store(
+        "redis", url=f"redis://127.0.0.1:{free_port()}/0", command_timeout=0.2, connect_timeout=0.2
+    )
     with pytest.raises(StoreError):
         await s.ping()
     await s.aclose()

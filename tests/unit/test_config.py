@@ -131,7 +131,15 @@ def test_bad_action_strings_refused() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(30, 30.0), ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("1d", 86400.0), ("500ms", 0.5), ("hour", 3600.0)],
+    [
+        (30, 30.0),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("500ms", 0.5),
+        ("hour", 3600.0),
+    ],
 )
 def test_duration_parse(text: object, seconds: float) -> None:
     """Durations accept numbers and unit suffixes."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.config import Window, build_config
 from policy.rules import client_prefix, compile_rules, domain_of, in_networks
+from services.config import Window, build_config
 
 
 def rules_for(limits: dict[str, dict[str, object]], **policyd: object):  # type: ignore[no-untyped-def]
@@ -35,7 +35,9 @@ def test_subject_for_each_key_part() -> None:
 
 def test_applies_to_authenticated_only() -> None:
     """applies_to = authenticated skips requests without a SASL login."""
-    (rule,) = rules_for({"x": {"key": "sender", "windows": ["1/1h"], "applies_to": "authenticated"}})
+    (rule,) = rules_for(
+        {"x": {"key": "sender", "windows": ["1/1h"], "applies_to": "authenticated"}}
+    )
     assert rule.applies({"sasl_username": "a@b.c"})
     assert not rule.applies({"sasl_username": ""})
 
@@ -62,7 +64,9 @@ def test_networks_and_exclusions() -> None:
 
 def test_in_networks_ignores_garbage() -> None:
     """A non-IP client address is in no network."""
-    nets = rules_for({"x": {"key": "global", "windows": ["1/1h"], "networks": ["0.0.0.0/0"]}})[0].cfg.networks
+    nets = rules_for({"x": {"key": "global", "windows": ["1/1h"], "networks": ["0.0.0.0/0"]}})[
+        0
+    ].cfg.networks
     assert not in_networks("unknown", nets)
 
 
@@ -92,8 +96,18 @@ def test_breach_action_text() -> None:
     r1, r2, r3 = rules_for(
         {
             "a": {"key": "sender", "windows": ["10/1h"]},
-            "b": {"key": "sender", "windows": ["10/1h"], "action": "reject", "reply": "5.7.1 {name} {subject}"},
-            "c": {"key": "sender", "windows": ["10/1h"], "action": "prepend", "prepend_header": "X-Rate: over"},
+            "b": {
+                "key": "sender",
+                "windows": ["10/1h"],
+                "action": "reject",
+                "reply": "5.7.1 {name} {subject}",
+            },
+            "c": {
+                "key": "sender",
+                "windows": ["10/1h"],
+                "action": "prepend",
+                "prepend_header": "X-Rate: over",
+            },
         }
     )
     a = r1.breach_action(Window(10, 3600), "s@x")

@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
 
     e = ps.add_parser("exempt", help="exempt KEY from every limit for a while")
     e.add_argument("key", metavar="KEY")
-    e.add_argument("--for", dest="duration", default="1h", help="how long, e.g. 30m, 2h, 1d (0 ends it)")
+    e.add_argument(
+        "--for", dest="duration", default="1h", help="how long, e.g. 30m, 2h, 1d (0 ends it)"
+    )
     e.add_argument("--dry-run", action="store_true", help="show what would be done")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_exempt)
@@ -78,11 +80,17 @@ def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, 
                     break
                 buf += chunk
     except FileNotFoundError:
-        raise CliError(f"pfm-policyd admin socket {path} does not exist: is pfm-policyd running?", UNAVAILABLE) from None
+        raise CliError(
+            f"pfm-policyd admin socket {path} does not exist: is pfm-policyd running?", UNAVAILABLE
+        ) from None
     except PermissionError:
-        raise CliError(f"no permission to use {path} (run as root or the pfm user)", UNAVAILABLE) from None
+        raise CliError(
+            f"no permission to use {path} (run as root or the pfm user)", UNAVAILABLE
+        ) from None
     except OSError as exc:
-        raise CliError(f"cannot reach pfm-policyd at {path}: {exc.strerror or exc}", UNAVAILABLE) from None
+        raise CliError(
+            f"cannot reach pfm-policyd at {path}: {exc.strerror or exc}", UNAVAILABLE
+        ) from None
     try:
         answer = json.loads(buf)
     except ValueError:
