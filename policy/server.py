@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from services.config import Config, ConfigError, PolicydConfig, load_config
 from services.logging import get_logger
 from services.logtail import FileFollower
+from services.metrics import new_registry
 from services.netserver import Connection, NetServer
 
 from .admin import AdminServer
@@ -49,7 +50,7 @@ class PolicyService:
         self.config = config
         self.cfg = config.policyd
         self.config_path = config_path
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else new_registry()
         self.metrics = PolicyMetrics(self.registry)
         self.commits = CommitLog() if self.cfg.maillog else None
         self.engine = self._engine(self.cfg)
