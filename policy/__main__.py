@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from services.config import Config, ConfigError, config_path, load_config
+from services.config import Config, ConfigError, config_path, load_config, locate_error
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -81,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print(f"pfm-policyd: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from .decide import Engine
+
+    try:
+        Engine(config.policyd)  # deeper checks: answers and reply texts
+    except ConfigError as exc:
+        print(f"pfm-policyd: invalid configuration: {locate_error(exc, path)}", file=sys.stderr)
         return EXIT_CONFIG
 
     from services.logging import configure_logging

@@ -17,12 +17,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from services.config import PolicydConfig, Window
 
 from .protocol import DUNNO, Action, PolicyRequest
-from .rules import SEVERITY, Rule, allowed, compile_rules, domain_of
+from .rules import SEVERITY, Rule, allowed, compile_rules, domain_of, parse_action
 from .store import Charge, Counter, Outcome
 
 Op = Literal["none", "reserve", "commit"]
@@ -56,16 +56,15 @@ class Session:
     txn: Txn | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One limit window's view of a request, for logs and metrics."""
+class Hit(NamedTuple):
+    """One limit window's view of a request, for logs and metrics (logged as a JSON array)."""
 
     rule: str
     subject: str
-    window: float
     used: int
-    limit: int
     weight: int
+    limit: int
+    window: float
     breached: bool
     shadow: bool
 
@@ -122,9 +121,9 @@ class Engine:
     def __init__(self, cfg: PolicydConfig) -> None:
         self.cfg = cfg
         self.rules: tuple[Rule, ...] = compile_rules(cfg)
-        self.tempfail = Action.parse(cfg.tempfail_action)
-        self.bad_request = Action.parse(cfg.bad_request_action)
-        self.overload = Action.parse(cfg.overload_action)
+        self.tempfail = parse_action(cfg.tempfail_action, "policyd.tempfail_action")
+        self.bad_request = parse_action(cfg.bad_request_action, "policyd.bad_request_action")
+        self.overload = parse_action(cfg.overload_action, "policyd.overload_action")
         self.two_phase = cfg.accounting == "two-phase"
         self.ttl = float(cfg.reservation_ttl)
         self.exempt: Mapping[str, float] = {}
@@ -285,10 +284,10 @@ class Engine:
                 Hit(
                     rule.name,
                     subject,
-                    w.seconds,
                     out.used,
-                    w.count,
                     charge.weight,
+                    w.count,
+                    w.seconds,
                     breached,
                     rule.shadow,
                 )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from services.config import AllowList, IPNetwork, LimitConfig, PolicydConfig, Window
+from services.config import AllowList, ConfigError, IPNetwork, LimitConfig, PolicydConfig, Window
 
 from .protocol import Action
 
@@ -210,17 +210,31 @@ def compile_rules(cfg: PolicydConfig) -> tuple[Rule, ...]:
         getters = tuple(_part_getter(p, lim.ipv4_prefix, lim.ipv6_prefix) for p in lim.key)
         overrides = {k.lower(): v for k, v in lim.overrides.items()}
         fail = lim.on_store_error or cfg.on_store_error
-        rules.append(
-            Rule(
-                name=name,
-                cfg=lim,
-                getters=getters,
-                windows=lim.windows,
-                overrides=overrides,
-                blocking=lim.action in BLOCKING,
-                shadow=lim.mode == "shadow",
-                fail_open=fail == "open",
-                per_recipient=any(p in ("recipient", "recipient_domain") for p in lim.key),
-            )
+        rule = Rule(
+            name=name,
+            cfg=lim,
+            getters=getters,
+            windows=lim.windows,
+            overrides=overrides,
+            blocking=lim.action in BLOCKING,
+            shadow=lim.mode == "shadow",
+            fail_open=fail == "open",
+            per_recipient=any(p in ("recipient", "recipient_domain") for p in lim.key),
         )
+        # Build the breach answer once now, so a bad reply is a config error, not a
+        # failure at the first breach.
+        try:
+            rule.breach_action(lim.windows[0], "subject@example.org")
+        except ValueError as exc:
+            key = "prepend_header" if lim.action == "prepend" else "reply"
+            raise ConfigError(f"policyd.limits.{name}.{key}", str(exc)) from None
+        rules.append(rule)
     return tuple(rules)
+
+
+def parse_action(value: str, key: str) -> Action:
+    """A configured access(5) answer, or a ConfigError naming its key."""
+    try:
+        return Action.parse(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None

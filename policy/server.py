@@ -18,8 +18,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.config import Config, ConfigError, PolicydConfig, load_config
-from services.logging import get_logger
+from services.config import Config, ConfigError, PolicydConfig, load_config, locate_error
+from services.logging import EventWriter, get_logger, log_format
 from services.logtail import FileFollower
 from services.metrics import new_registry
 from services.netserver import Connection, NetServer
@@ -68,6 +68,7 @@ class PolicyService:
         self._follower: asyncio.Task[None] | None = None
         self.log_all = self.cfg.log_decisions == "all"
         self.log_actions = self.cfg.log_decisions != "none"
+        self.fast_log = EventWriter("pfm.policyd") if log_format() == "json" else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,6 +175,8 @@ class PolicyService:
             engine = self._engine(new.policyd)
         except (ConfigError, ValueError) as exc:
             self.metrics.reloads.labels(result="error").inc()
+            if isinstance(exc, ConfigError):
+                exc = locate_error(exc, self.config_path)
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             raise
         restart_needed = [
@@ -337,7 +340,7 @@ class PolicyService:
                 "instance": req.instance or None,
                 "client": attrs.get("client_address") or None,
                 "sasl_username": attrs.get("sasl_username") or None,
-                "sender": attrs.get("sender", None),
+                "sender": attrs.get("sender"),
                 "recipient": attrs.get("recipient") or None,
                 "action": str(action),
                 "reason": decision.reason,
@@ -346,15 +349,14 @@ class PolicyService:
             if decision.rule:
                 fields["limit"] = decision.rule
             if decision.hits:
-                fields["counts"] = [
-                    f"{h.rule}:{h.subject}:{h.used}+{h.weight}/{h.limit}@{int(h.window)}s"
-                    + ("!" if h.breached else "")
-                    + ("(shadow)" if h.shadow else "")
-                    for h in decision.hits
-                ]
+                # [limit, subject, used before, weight, max, window seconds, breached, shadow]
+                fields["counts"] = [tuple(h) for h in decision.hits]
             if decision.fallback:
                 fields["fallback"] = True
-            log.info("decision", **fields)
+            if self.fast_log is not None:
+                self.fast_log.emit("decision", fields)
+            else:
+                log.info("decision", **fields)
         return action.encode()
 
     def release_session(self, session: Session) -> None:

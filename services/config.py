@@ -486,6 +486,15 @@ def _locate(text: str, key: str) -> int | None:
     return best
 
 
+def locate_error(exc: ConfigError, path: str) -> ConfigError:
+    """The same error with the source file and the key's line filled in (best effort)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ConfigError(exc.key, exc.message, exc.line, path)
+    return ConfigError(exc.key, exc.message, exc.line or _locate(text, exc.key), path)
+
+
 def read_secret_file(path: str) -> str:
     """Read a secret from a ``*_file`` setting (first line, stripped); never logged."""
     try:

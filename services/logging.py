@@ -5,9 +5,11 @@ One canonical line per request; secrets are redacted by key name wherever they a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
@@ -44,13 +46,20 @@ def _redact(value: Any) -> Any:
     return value
 
 
+_PLAIN_KEYS: set[str] = set()
+
+
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: replace secret values (recursively) with ``[redacted]``."""
     for key in list(event):
+        v = event[key]
+        if key in _PLAIN_KEYS and not isinstance(v, Mapping | list | tuple):
+            continue
         if is_secret_key(key):
             event[key] = REDACTED
         else:
-            v = event[key]
+            if len(_PLAIN_KEYS) < 4096:
+                _PLAIN_KEYS.add(key)
             if isinstance(v, Mapping | list | tuple):
                 event[key] = _redact(v)
     return event
@@ -65,6 +74,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
+    _LOG_STREAM[0] = out
+    _LOG_FORMAT[0] = fmt
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
@@ -94,3 +105,78 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 def get_logger(name: str) -> Any:
     """A structlog logger bound to a component name."""
     return structlog.get_logger(component=name)
+
+
+class EventWriter:
+    """The hot-path twin of a structlog JSON logger: one orjson line per event, batched writes.
+
+    Used for the canonical per-request line, where structlog's processor chain would cost
+    more than the request itself. Lines are identical in shape to the JSON renderer's
+    (event, level, timestamp, component, fields). Writes are buffered and flushed once per
+    event-loop iteration (or at once when no loop runs), so a burst of decisions costs one
+    write(2). Callers pass only non-secret fields; keys are still checked against the
+    secret patterns once per distinct key.
+    """
+
+    def __init__(self, component: str, stream: Any = None) -> None:
+        self.component = component
+        self.stream = stream
+        self._buf: list[bytes] = []
+        self._flush_scheduled = False
+        self._sec = -1
+        self._prefix = ""
+        self._checked: set[str] = set()
+
+    def _timestamp(self, now: float) -> str:
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{int((now - sec) * 1_000_000):06d}Z"
+
+    def emit(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
+        for key in fields:
+            if key not in self._checked:
+                if is_secret_key(key):
+                    fields[key] = REDACTED
+                    continue
+                self._checked.add(key)
+        fields["component"] = self.component
+        fields["event"] = event
+        fields["level"] = level
+        fields["timestamp"] = self._timestamp(time.time())
+        self._buf.append(orjson.dumps(fields, default=str))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._buf:
+            return
+        data = b"\n".join(self._buf) + b"\n"
+        self._buf.clear()
+        stream = self.stream if self.stream is not None else _LOG_STREAM[0]
+        raw = getattr(stream, "buffer", None)
+        try:
+            if raw is not None:
+                stream.flush()
+                raw.write(data)
+                raw.flush()
+            else:
+                stream.write(data.decode())
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must never break request handling
+
+
+_LOG_STREAM: list[Any] = [sys.stderr]
+_LOG_FORMAT: list[str] = ["json"]
+
+
+def log_format() -> str:
+    """The format configure_logging() chose: 'json' or 'console'."""
+    return _LOG_FORMAT[0]

@@ -168,3 +168,16 @@ def test_help_is_complete() -> None:
         "exit codes",
     ):
         assert word in res.stdout
+
+
+def test_bad_reply_is_a_config_error_with_line(tmp_path: Path) -> None:
+    """A reply whose status class contradicts its action is refused at startup, naming key and line."""
+    conf = tmp_path / "pfm.toml"
+    write_config(conf, 10040, 9155, 10)
+    conf.write_text(conf.read_text() + 'action = "reject"\nreply = "4.7.1 slow down"\n')
+    for args in (("--check-config",), ()):
+        res = subprocess.run(
+            cmd(*args, "--config", str(conf)), capture_output=True, text=True, cwd=ROOT, timeout=30
+        )
+        assert res.returncode == 78
+        assert "pfm.toml:12: policyd.limits.sender.reply:" in res.stderr

@@ -31,10 +31,17 @@ class Harness:
         return self.engine.conclude(plan, self.store.commit_now(plan.charges, plan.release))
 
     def message(self, instance: str, rcpts: int = 1, size: int = 100, **kw: Any) -> list[str]:
-        verbs = [str(self.ask(instance=instance, recipient=f"r{i}@x.test", **kw).action) for i in range(rcpts)]
+        verbs = [
+            str(self.ask(instance=instance, recipient=f"r{i}@x.test", **kw).action)
+            for i in range(rcpts)
+        ]
         ok = verbs.count("DUNNO")
         verbs.append(
-            str(self.ask(state="END-OF-MESSAGE", instance=instance, recipient_count=ok, size=size, **kw).action)
+            str(
+                self.ask(
+                    state="END-OF-MESSAGE", instance=instance, recipient_count=ok, size=size, **kw
+                ).action
+            )
         )
         return verbs
 
@@ -92,7 +99,12 @@ def test_prepend_and_hold_accept_but_mark() -> None:
     """Non-blocking breach actions answer PREPEND/HOLD and still count the mail."""
     h = Harness(
         {
-            "tag": {"key": "sender", "windows": ["1/1h"], "action": "prepend", "prepend_header": "X-Rate: high"},
+            "tag": {
+                "key": "sender",
+                "windows": ["1/1h"],
+                "action": "prepend",
+                "prepend_header": "X-Rate: high",
+            },
             "hold": {"key": "client_address", "windows": ["2/1h"], "action": "hold"},
         }
     )
@@ -117,7 +129,9 @@ def test_strongest_answer_wins() -> None:
 
 def test_allow_list_and_exemption_skip_counting() -> None:
     """Allow-listed senders and exempt subjects are never counted."""
-    h = Harness({"one": {"key": "sender", "windows": ["1/1h"]}}, allow={"senders": ["vip@example.org"]})
+    h = Harness(
+        {"one": {"key": "sender", "windows": ["1/1h"]}}, allow={"senders": ["vip@example.org"]}
+    )
     for i in range(3):
         assert h.ask(instance=f"v{i}", sender="vip@example.org").reason == "allowlisted"
     h.engine.exempt = {"example.net": 60.0}
@@ -127,7 +141,9 @@ def test_allow_list_and_exemption_skip_counting() -> None:
 
 def test_unauthenticated_rule_ignores_logged_in_users() -> None:
     """applies_to = unauthenticated leaves SASL users alone."""
-    h = Harness({"anon": {"key": "client_prefix", "windows": ["1/1h"], "applies_to": "unauthenticated"}})
+    h = Harness(
+        {"anon": {"key": "client_prefix", "windows": ["1/1h"], "applies_to": "unauthenticated"}}
+    )
     h.message("a")
     assert str(h.ask(instance="b").action).startswith("DEFER")
     assert str(h.ask(instance="c", user="u@example.org").action) == "DUNNO"
