@@ -183,11 +183,11 @@ def run_test(config: Config, data: bytes, out: object) -> int:
             write(f"action={decision.action}\n")
             write(f"  state={item.protocol_state or '-'} reason={decision.reason}")
             write(f" limit={decision.rule}\n" if decision.rule else "\n")
-            for h in decision.hits:
-                flag = "BREACH" if h.breached else "ok"
-                mode = " (shadow)" if h.shadow else ""
+            for rule, subject, used, weight, limit, window, breached, shadow in decision.hits:
+                flag = "BREACH" if breached else "ok"
+                mode = " (shadow)" if shadow else ""
                 write(
-                    f"  {h.rule} [{h.subject}] {h.used}+{h.weight} of {h.limit} per {h.window:g}s: {flag}{mode}\n"
+                    f"  {rule} [{subject}] {used}+{weight} of {limit} per {window:g}s: {flag}{mode}\n"
                 )
         await service.store.aclose()
         return status

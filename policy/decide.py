@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from services.config import PolicydConfig, Window
 
@@ -56,17 +56,12 @@ class Session:
     txn: Txn | None = None
 
 
-class Hit(NamedTuple):
-    """One limit window's view of a request, for logs and metrics (logged as a JSON array)."""
-
-    rule: str
-    subject: str
-    used: int
-    weight: int
-    limit: int
-    window: float
-    breached: bool
-    shadow: bool
+# One limit window's view of a request, for logs and metrics (logged as a JSON array):
+# (limit, subject, used before, weight, max, window seconds, breached, shadow)
+Hit = tuple[str, str, int, int, int, float, bool, bool]
+HIT_RULE, HIT_SUBJECT, HIT_USED, HIT_WEIGHT, HIT_MAX, HIT_WINDOW, HIT_BREACHED, HIT_SHADOW = range(
+    8
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,28 +187,46 @@ class Engine:
     def _plan_rcpt(self, req: PolicyRequest, plan: Plan, txn: Txn | None) -> Plan:
         attrs = req.attrs
         instance = req.instance or "-"
-        rcpt = attrs.get("recipient", "").lower()
+        two_phase = self.two_phase
+        tag = "r:" if two_phase else "c:"
+        msg_member = tag + instance
+        rcpt_member = ""
+        exempt = self.exempt
+        authed = bool(attrs.get("sasl_username"))
         charges, meta = plan.charges, plan.meta
         for rule in self.rules:
-            subject = self._subjects(rule, attrs)
-            if not subject:
+            if rule.auth and authed != (rule.auth == 1):
+                continue
+            if rule.filtered and not rule.passes_filters(attrs):
+                continue
+            getters = rule.getters
+            subject = getters[0](attrs) if len(getters) == 1 else rule.subject(attrs)
+            if not subject or (exempt and subject in exempt):
                 continue
             unit = rule.cfg.unit
             if unit == "messages":
-                weight, member = 1, instance
+                weight, member = 1, msg_member
             elif unit == "recipients":
-                weight, member = 1, f"{instance}/{rcpt}"
+                if not rcpt_member:
+                    rcpt_member = f"{tag}{instance}/{attrs.get('recipient', '').lower()}"
+                weight, member = 1, rcpt_member
+            elif two_phase:
+                weight, member = max(1, req.size), msg_member
             else:
-                weight, member = max(1, req.size), instance
-            if not self.two_phase and unit == "bytes":
                 continue  # size is only real at END-OF-MESSAGE
-            member = ("r:" if self.two_phase else "c:") + member
             enforce = rule.blocking and not rule.shadow
             if not rule.fail_open:
                 plan.fail_closed = True
-            for w in rule.windows_for(subject):
-                c = Counter(f"{rule.name}|{subject}|{int(w.seconds)}", w.seconds, w.count)
-                charges.append(Charge(c, weight, member, enforce))
+            base = rule.prefix + subject + "|"
+            for w in rule.windows_for(subject) if rule.overrides else rule.windows:
+                charges.append(
+                    Charge(
+                        Counter(base + str(int(w.seconds)), w.seconds, w.count),
+                        weight,
+                        member,
+                        enforce,
+                    )
+                )
                 meta.append((rule, subject, w))
         if not charges:
             plan.early = _NO_LIMITS
@@ -276,12 +289,12 @@ class Engine:
     def conclude(self, plan: Plan, outcomes: list[Outcome], fallback: bool = False) -> Decision:
         """Turn store outcomes into the answer, and record reservations in the session."""
         worst: tuple[int, Rule, str, Window] | None = None
-        hits = []
+        hits: list[Hit] = []
         blocked = False
         for charge, (rule, subject, w), out in zip(plan.charges, plan.meta, outcomes, strict=True):
             breached = not out.allowed
             hits.append(
-                Hit(
+                (
                     rule.name,
                     subject,
                     out.used,

@@ -130,18 +130,23 @@ class Rule:
     shadow: bool
     fail_open: bool
     per_recipient: bool
+    auth: int = 0  # 0: everyone, 1: authenticated only, 2: unauthenticated only
+    filtered: bool = False  # networks, exclusions or an allow list to check
+    prefix: str = ""  # counter key prefix "NAME|"
 
     @property
     def unit(self) -> str:
         return self.cfg.unit
 
     def applies(self, attrs: Mapping[str, str]) -> bool:
-        """Whether the limit's filters select this request (before allow lists)."""
+        """Whether the limit's filters and allow list select this request."""
+        if self.auth and bool(attrs.get("sasl_username")) != (self.auth == 1):
+            return False
+        return not self.filtered or self.passes_filters(attrs)
+
+    def passes_filters(self, attrs: Mapping[str, str]) -> bool:
+        """Networks, exclusions and the per-limit allow list."""
         cfg = self.cfg
-        if cfg.applies_to != "all":
-            authed = bool(attrs.get("sasl_username"))
-            if authed != (cfg.applies_to == "authenticated"):
-                return False
         if cfg.networks and not in_networks(attrs.get("client_address", ""), cfg.networks):
             return False
         if cfg.exclude_networks and in_networks(
@@ -220,6 +225,9 @@ def compile_rules(cfg: PolicydConfig) -> tuple[Rule, ...]:
             shadow=lim.mode == "shadow",
             fail_open=fail == "open",
             per_recipient=any(p in ("recipient", "recipient_domain") for p in lim.key),
+            auth={"all": 0, "authenticated": 1, "unauthenticated": 2}[lim.applies_to],
+            filtered=bool(lim.networks or lim.exclude_networks or lim.exclude_senders or lim.allow),
+            prefix=f"{name}|",
         )
         # Build the breach answer once now, so a bad reply is a config error, not a
         # failure at the first breach.

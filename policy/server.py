@@ -211,6 +211,8 @@ class PolicyService:
             await self.store.aclose()
         if self.fallback is not None:
             await self.fallback.aclose()
+        if self.fast_log is not None:
+            self.fast_log.flush()
         log.info("stopped")
 
     async def _refresh_exemptions(self) -> None:
@@ -325,13 +327,12 @@ class PolicyService:
         m = self.metrics
         action = decision.action
         state = req.protocol_state
-        m.request(state, action.verb)
-        m.observe_latency(elapsed)
+        m.request(state, action.verb, elapsed)
         breached = False
         for h in decision.hits:
-            if h.breached:
+            if h[6]:  # breached
                 breached = True
-                m.breach(h.rule, h.shadow)
+                m.breach(h[0], h[7])
         if self.log_all or (self.log_actions and (breached or action.verb != "DUNNO")):
             attrs = req.attrs
             fields: dict[str, Any] = {
@@ -350,7 +351,7 @@ class PolicyService:
                 fields["limit"] = decision.rule
             if decision.hits:
                 # [limit, subject, used before, weight, max, window seconds, breached, shadow]
-                fields["counts"] = [tuple(h) for h in decision.hits]
+                fields["counts"] = decision.hits
             if decision.fallback:
                 fields["fallback"] = True
             if self.fast_log is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from .store import Charge, Clock, Counter, Outcome
 
@@ -51,9 +52,6 @@ class _Log:
             if not pend:
                 self.pend = None
 
-    def has(self, member: str) -> bool:
-        return bool((self.done and member in self.done) or (self.pend and member in self.pend))
-
     def drop(self, member: str) -> None:
         pend = self.pend
         if pend:
@@ -94,62 +92,75 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ sync core
 
-    def _log(self, c: Counter, now: float) -> _Log:
-        key = (c.key, c.window)
-        logs = self._logs
-        log = logs.get(key)
-        if log is None:
-            log = logs[key] = _Log()
-            if len(logs) > self.max_keys:
-                logs.popitem(last=False)
-                self.evicted += 1
-        else:
-            logs.move_to_end(key)
-            log.expire(now, c.window)
-        return log
+    def _apply(
+        self, charges: Sequence[Charge], now: float, deadline: float | None
+    ) -> list[Outcome]:
+        """Check every charge; add them all (pending when ``deadline``) if every enforce one fits.
 
-    def _check(
-        self, charges: Sequence[Charge], now: float
-    ) -> tuple[list[Outcome], list[_Log], bool]:
+        Weights are added to the running totals as the check goes (so two charges on one
+        counter see each other) and rolled back when the batch is refused.
+        """
+        logs = self._logs
         outs: list[Outcome] = []
-        logs: list[_Log] = []
+        added: list[tuple[_Log, Charge]] = []
         ok = True
-        extra: dict[int, int] | None = None
         for ch in charges:
             c = ch.counter
-            log = self._log(c, now)
-            used = log.total
-            if extra is not None:
-                used += extra.get(id(log), 0)
-            if log.has(ch.member):
-                allowed = True
+            key = (c.key, c.window)
+            log = logs.get(key)
+            if log is None:
+                log = logs[key] = _Log()
+                if len(logs) > self.max_keys:
+                    logs.popitem(last=False)
+                    self.evicted += 1
             else:
-                allowed = used + ch.weight <= c.limit
-                if allowed and len(charges) > 1:
-                    if extra is None:
-                        extra = {}
-                    extra[id(log)] = extra.get(id(log), 0) + ch.weight
-            if not allowed and ch.enforce:
-                ok = False
-            outs.append(Outcome(used, allowed))
-            logs.append(log)
-        return outs, logs, ok
+                logs.move_to_end(key)
+                if log.done or log.pend:
+                    log.expire(now, c.window)
+            used = log.total
+            member = ch.member
+            done, pend = log.done, log.pend
+            if (done is not None and member in done) or (pend is not None and member in pend):
+                outs.append(Outcome(used, True))
+                continue
+            weight = ch.weight
+            if used + weight <= c.limit:
+                outs.append(Outcome(used, True))
+            else:
+                outs.append(Outcome(used, False))
+                if ch.enforce:
+                    ok = False
+                    continue
+            log.total = used + weight
+            added.append((log, ch))
+        if not ok:
+            for log, ch in added:
+                log.total -= ch.weight
+            return outs
+        for log, ch in added:
+            member = ch.member
+            if deadline is None:
+                if log.done is None:
+                    log.done = {}
+                target: dict[str, Any] = log.done
+                entry: tuple[Any, ...] = (now, ch.weight)
+            else:
+                if log.pend is None:
+                    log.pend = {}
+                target = log.pend
+                entry = (now, ch.weight, deadline)
+            if member in target:
+                log.total -= ch.weight  # the same member twice in one batch counts once
+            else:
+                target[member] = entry
+        return outs
 
     def reserve_now(self, charges: Sequence[Charge], ttl: float) -> list[Outcome]:
         """Synchronous :meth:`reserve`."""
         if not charges:
             return []
         now = self.clock()
-        outs, logs, ok = self._check(charges, now)
-        if ok:
-            deadline = now + ttl
-            for ch, log in zip(charges, logs, strict=True):
-                if not log.has(ch.member):
-                    if log.pend is None:
-                        log.pend = {}
-                    log.pend[ch.member] = (now, ch.weight, deadline)
-                    log.total += ch.weight
-        return outs
+        return self._apply(charges, now, now + ttl)
 
     def commit_now(
         self, charges: Sequence[Charge], release: Sequence[tuple[Counter, str]] = ()
@@ -159,16 +170,7 @@ class MemoryStore:
             self.release_now(release)
         if not charges:
             return []
-        now = self.clock()
-        outs, logs, ok = self._check(charges, now)
-        if ok:
-            for ch, log in zip(charges, logs, strict=True):
-                if not log.has(ch.member):
-                    if log.done is None:
-                        log.done = {}
-                    log.done[ch.member] = (now, ch.weight)
-                    log.total += ch.weight
-        return outs
+        return self._apply(charges, self.clock(), None)
 
     def release_now(self, members: Sequence[tuple[Counter, str]]) -> None:
         """Synchronous :meth:`release`."""

@@ -112,14 +112,18 @@ class EventWriter:
 
     Used for the canonical per-request line, where structlog's processor chain would cost
     more than the request itself. Lines are identical in shape to the JSON renderer's
-    (event, level, timestamp, component, fields). Writes are buffered and flushed once per
-    event-loop iteration (or at once when no loop runs), so a burst of decisions costs one
-    write(2). Callers pass only non-secret fields; keys are still checked against the
+    (event, level, timestamp, component, fields). Writes are buffered and flushed at most
+    ``max_delay`` seconds later or every ``max_batch`` lines (at once when no loop runs), so
+    a busy server pays one write(2) per batch, not per request. Callers pass only non-secret fields; keys are still checked against the
     secret patterns once per distinct key.
     """
 
-    def __init__(self, component: str, stream: Any = None) -> None:
+    def __init__(
+        self, component: str, stream: Any = None, max_delay: float = 0.05, max_batch: int = 256
+    ) -> None:
         self.component = component
+        self.max_delay = max_delay
+        self.max_batch = max_batch
         self.stream = stream
         self._buf: list[bytes] = []
         self._flush_scheduled = False
@@ -145,11 +149,14 @@ class EventWriter:
         fields["event"] = event
         fields["level"] = level
         fields["timestamp"] = self._timestamp(time.time())
-        self._buf.append(orjson.dumps(fields, default=str))
-        if not self._flush_scheduled:
+        buf = self._buf
+        buf.append(orjson.dumps(fields, default=str))
+        if len(buf) >= self.max_batch:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_later(self.max_delay, self.flush)
             except RuntimeError:
                 self.flush()
 
