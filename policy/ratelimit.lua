@@ -130,13 +130,19 @@ local ok = true
 local extra = {}
 local out = {}
 local present = {}
+local batch = {}
 for k, c in ipairs(charges) do
   local i, weight, member, enforce = c[1], c[2], c[3], c[4]
   local L, W, P = keys(i)
   local used = expire(i) + (extra[i] or 0)
   local here = redis.call('HEXISTS', W, member) == 1
-  local allowed = here or (used + weight <= limits[i])
-  if allowed and not here then extra[i] = (extra[i] or 0) + weight end
+  local dup = batch[i .. '\0' .. member] == true
+  local allowed = here or dup or (used + weight <= limits[i])
+  if allowed and not here and not dup then
+    extra[i] = (extra[i] or 0) + weight
+    batch[i .. '\0' .. member] = true
+  end
+  here = here or dup
   if not allowed and enforce then ok = false end
   present[k] = here
   out[#out + 1] = used

@@ -123,6 +123,9 @@ class MemoryStore:
             if (done is not None and member in done) or (pend is not None and member in pend):
                 outs.append(Outcome(used, True))
                 continue
+            if added and any(a is log and b.member == member for a, b in added):
+                outs.append(Outcome(used, True))  # the same member twice in one batch
+                continue
             weight = ch.weight
             if used + weight <= c.limit:
                 outs.append(Outcome(used, True))
@@ -149,10 +152,7 @@ class MemoryStore:
                     log.pend = {}
                 target = log.pend
                 entry = (now, ch.weight, deadline)
-            if member in target:
-                log.total -= ch.weight  # the same member twice in one batch counts once
-            else:
-                target[member] = entry
+            target[member] = entry
         return outs
 
     def reserve_now(self, charges: Sequence[Charge], ttl: float) -> list[Outcome]:

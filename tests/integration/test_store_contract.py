@@ -174,3 +174,11 @@ async def test_release_removes_committed_members(store: Store) -> None:
     await store.commit([Charge(C, 2, "c:t1"), Charge(D, 1, "c:t1")], [])
     await store.release([(C, "c:t1"), (D, "c:t1")])
     assert await store.usage([C, D]) == [(0, 0), (0, 0)]
+
+
+async def test_same_member_twice_in_one_batch(store: Store) -> None:
+    """A member repeated inside one batch counts once, and the repeat is allowed."""
+    outs = await store.reserve([Charge(C, 2, "m"), Charge(C, 3, "m"), Charge(C, 1, "n")], 600)
+    assert [o.allowed for o in outs] == [True, True, True]
+    assert [o.used for o in outs] == [0, 2, 2]
+    assert await store.usage([C]) == [(0, 3)]
