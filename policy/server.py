@@ -18,7 +18,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.config import Config, ConfigError, PolicydConfig, load_config, locate_error
+from services.config import (
+    Config,
+    ConfigError,
+    PolicydConfig,
+    load_config,
+    locate_error,
+    read_secret_file,
+)
 from services.logging import EventWriter, get_logger, log_format
 from services.logtail import FileFollower
 from services.metrics import new_registry
@@ -159,9 +166,13 @@ class PolicyService:
         )
         return open_store(
             "redis",
+            url=r.url,
             client=client,
             prefix=r.prefix,
+            connect_timeout=float(r.connect_timeout),
             command_timeout=float(r.command_timeout),
+            password=read_secret_file(r.password_file) if r.password_file else None,
+            fast=not (r.sentinel_master or r.cluster),
             clock=self.clock,
         )
 

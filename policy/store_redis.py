@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from redis.exceptions import RedisError
+
+from services.resp import ReplyError as RespReplyError
+from services.resp import RespClient, RespError
+from services.resp import supported as resp_supported
 
 from .store import Charge, Clock, Counter, Outcome, StoreError
 
@@ -37,6 +42,8 @@ class RedisStore:
         command_timeout: float = 0.5,
         clock: Clock = time.time,
         client: Any = None,
+        password: str | None = None,
+        fast: bool = True,
     ) -> None:
         if client is None:
             from services.redis import create_redis
@@ -44,7 +51,19 @@ class RedisStore:
             client = create_redis(
                 url, connect_timeout=connect_timeout, command_timeout=command_timeout
             )
+            if password:
+                client.connection_pool.connection_kwargs["password"] = password
         self.client = client
+        # The decision path uses the lean pipelined client; admin calls use redis-py.
+        self.fast: RespClient | None = None
+        if fast and resp_supported(url):
+            self.fast = RespClient(
+                url,
+                password=password,
+                connect_timeout=connect_timeout,
+                command_timeout=command_timeout,
+            )
+        self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis' script id
         self.prefix = prefix
         self.clock = clock
         self.deadline = max(command_timeout * 3, connect_timeout + command_timeout * 2)
@@ -56,6 +75,18 @@ class RedisStore:
         return f"{base}:l", f"{base}:w", f"{base}:p"
 
     async def _call(self, keys: list[str], args: list[Any]) -> Any:
+        fast = self.fast
+        if fast is not None:
+            try:
+                try:
+                    return await fast.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+                except RespReplyError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise
+                    await fast.execute("SCRIPT", "LOAD", SCRIPT)
+                    return await fast.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            except RespError as exc:
+                raise StoreError(f"redis: {_short(exc)}") from exc
         try:
             async with asyncio.timeout(self.deadline):
                 return await self.script(keys=keys, args=args)
@@ -167,6 +198,8 @@ class RedisStore:
         await self._plain("ping")
 
     async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
 
