@@ -37,21 +37,18 @@ def supported(url: str) -> bool:
 def encode(args: tuple[Any, ...] | list[Any]) -> bytes:
     """One RESP2 command. Strings are UTF-8 with surrogateescape (bytes from mail never fail)."""
     out = [f"*{len(args)}\r\n"]
-    raw: list[bytes] | None = None
+    ascii_only = True
     for a in args:
         if type(a) is not str:
-            if isinstance(a, bytes):
-                a = a.decode("utf-8", "surrogateescape")
-            else:
-                a = str(a)
+            a = a.decode("utf-8", "surrogateescape") if isinstance(a, bytes) else str(a)
         if a.isascii():
             out.append(f"${len(a)}\r\n{a}\r\n")
         else:
             n = len(a.encode("utf-8", "surrogateescape"))
             out.append(f"${n}\r\n{a}\r\n")
-            raw = out  # marks that a non-ASCII argument is present
+            ascii_only = False
     text = "".join(out)
-    if raw is None:
+    if ascii_only:
         return text.encode("ascii")
     return text.encode("utf-8", "surrogateescape")
 
