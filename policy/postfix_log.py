@@ -12,7 +12,7 @@ import re
 # "postfix/cleanup[123]: 4Bd2x...: reject: header Subject: ...", also "milter-reject:",
 # any syslog_name ("postfix-out/cleanup", "postfix/submission/cleanup").
 _CLEANUP_REJECT = re.compile(
-    r"\bpostfix[\w.-]*/(?:[\w.-]+/)*cleanup\[\d+\]: ([0-9A-Za-z]{5,20}): (?:milter-)?reject: "
+    r"\bpostfix[\w.-]*/(?:[\w.-]+/)*cleanup\[\d+\]: ((?=[0-9A-Za-z]*[0-9A-Z])[0-9A-Za-z]{5,20}): (?:milter-)?reject: "
 )
 
 
