@@ -94,6 +94,7 @@ class PolicyService:
             max_connections=cfg.max_connections,
             idle_timeout=float(cfg.idle_timeout),
             on_reject=self._reject_connection,
+            on_idle_close=self.metrics.idle_closed.inc,
         )
         await self.net.start()
         if cfg.admin_socket:

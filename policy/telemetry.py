@@ -121,6 +121,11 @@ class PolicyMetrics:
             "Connections refused because max_connections was reached.",
             registry=registry,
         )
+        self.idle_closed = Counter(
+            "pfm_policyd_idle_closed",
+            "Client connections closed after idle_timeout without a request.",
+            registry=registry,
+        )
         self.reloads = Counter(
             "pfm_policyd_reloads",
             "Configuration reloads, by result.",

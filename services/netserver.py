@@ -136,6 +136,7 @@ class NetServer:
         idle_timeout: float = 300.0,
         backlog: int = 1024,
         on_reject: Callable[[asyncio.BaseTransport], None] | None = None,
+        on_idle_close: Callable[[], None] | None = None,
     ) -> None:
         self.specs = [parse_listen(s) for s in listen]
         self.factory = factory
@@ -143,6 +144,8 @@ class NetServer:
         self.idle_timeout = idle_timeout
         self.backlog = backlog
         self.on_reject = on_reject
+        self.on_idle_close = on_idle_close
+        self.idle_closed = 0
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.rejected = 0
@@ -222,6 +225,9 @@ class NetServer:
                     idle_s=round(time.monotonic() - conn.last_active, 1),
                 )
                 conn.close()
+                self.idle_closed += 1
+                if self.on_idle_close is not None:
+                    self.on_idle_close()
 
     async def drain(self, grace: float) -> None:
         """Stop accepting; wait for busy connections up to ``grace``; close everything."""

@@ -137,6 +137,7 @@ async def test_idle_clients_are_closed(tmp_path: Path) -> None:
         r, w = await asyncio.open_connection(*address(svc))
         data = await read_all(r, timeout=5)
         assert data == b""
+        assert metric(svc, "pfm_policyd_idle_closed_total") == 1
         w.close()
 
 
