@@ -10,6 +10,7 @@
 --       then ncharges, per charge: counter_index weight member enforce,
 --       then nrelease, per release: counter_index member.
 -- KEYS: per counter L W P (counter i uses KEYS[3i-2..3i]).
+-- Reply of reserve/commit: ok, then per charge: used, allowed, added (1 when newly added).
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -147,6 +148,7 @@ for k, c in ipairs(charges) do
   present[k] = here
   out[#out + 1] = used
   out[#out + 1] = allowed and 1 or 0
+  out[#out + 1] = 0
 end
 if ok then
   for k, c in ipairs(charges) do
@@ -157,6 +159,7 @@ if ok then
         redis.call('ZADD', L, now, member)
         redis.call('HINCRBY', W, '~sum', weight)
         if op == 'reserve' then redis.call('ZADD', P, now + ttl, member) end
+        out[3 * k] = 1
       end
     end
   end

@@ -174,6 +174,7 @@ class PolicyService:
             command_timeout=float(r.command_timeout),
             password=read_secret_file(r.password_file) if r.password_file else None,
             fast=not (r.sentinel_master or r.cluster),
+            cluster=r.cluster,
             clock=self.clock,
         )
 

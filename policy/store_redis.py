@@ -44,6 +44,7 @@ class RedisStore:
         client: Any = None,
         password: str | None = None,
         fast: bool = True,
+        cluster: bool = False,
     ) -> None:
         if client is None:
             from services.redis import create_redis
@@ -54,9 +55,10 @@ class RedisStore:
             if password:
                 client.connection_pool.connection_kwargs["password"] = password
         self.client = client
+        self.cluster = cluster
         # The decision path uses the lean pipelined client; admin calls use redis-py.
         self.fast: RespClient | None = None
-        if fast and resp_supported(url):
+        if fast and not cluster and resp_supported(url):
             self.fast = RespClient(
                 url,
                 password=password,
@@ -127,38 +129,88 @@ class RedisStore:
 
     @staticmethod
     def _outcomes(raw: list[Any]) -> list[Outcome]:
-        return [Outcome(int(raw[i]), raw[i + 1] == 1) for i in range(1, len(raw), 2)]
+        return [Outcome(int(raw[i]), raw[i + 1] == 1) for i in range(1, len(raw), 3)]
 
     async def reserve(self, charges: Sequence[Charge], ttl: float) -> list[Outcome]:
         if not charges:
             return []
-        keys, args = self._encode("reserve", charges, (), ttl)
-        return self._outcomes(await self._call(keys, args))
+        return await self._batch("reserve", charges, (), ttl)
 
     async def commit(
         self, charges: Sequence[Charge], release: Sequence[tuple[Counter, str]]
     ) -> list[Outcome]:
         if not charges and not release:
             return []
-        keys, args = self._encode("commit", charges, release, 0)
-        return self._outcomes(await self._call(keys, args))
+        return await self._batch("commit", charges, release, 0)
 
     async def release(self, members: Sequence[tuple[Counter, str]]) -> None:
         if members:
-            keys, args = self._encode("release", (), members, 0)
-            await self._call(keys, args)
+            await self._batch("release", (), members, 0)
+
+    async def _batch(
+        self,
+        op: str,
+        charges: Sequence[Charge],
+        release: Sequence[tuple[Counter, str]],
+        ttl: float,
+    ) -> list[Outcome]:
+        """One script call; on Redis Cluster one per counter (slot), kept all-or-nothing.
+
+        In Cluster mode the counters of a decision live in different slots, so one script
+        cannot see them all: each counter is checked and added on its own, and when any
+        enforce charge was refused, what the other counters added is released again (a
+        moment of extra strictness, never extra leniency).
+        """
+        if not self.cluster:
+            keys, args = self._encode(op, charges, release, ttl)
+            raw = await self._call(keys, args)
+            return self._outcomes(raw) if op != "release" else []
+        groups: dict[
+            tuple[str, float], tuple[list[int], list[Charge], list[tuple[Counter, str]]]
+        ] = {}
+        for idx, ch in enumerate(charges):
+            g = groups.setdefault((ch.counter.key, ch.counter.window), ([], [], []))
+            g[0].append(idx)
+            g[1].append(ch)
+        for c, member in release:
+            groups.setdefault((c.key, c.window), ([], [], []))[2].append((c, member))
+        calls = [self._call(*self._encode(op, g[1], g[2], ttl)) for g in groups.values()]
+        results = await asyncio.gather(*calls)
+        if op == "release":
+            return []
+        outs: list[Outcome] = [Outcome(0, True)] * len(charges)
+        ok = True
+        added: list[tuple[Counter, str]] = []
+        for g, raw in zip(groups.values(), results, strict=True):
+            if not g[0]:
+                continue
+            if raw[0] != 1:
+                ok = False
+            for j, idx in enumerate(g[0]):
+                outs[idx] = Outcome(int(raw[1 + 3 * j]), raw[2 + 3 * j] == 1)
+                if raw[3 + 3 * j] == 1:
+                    added.append((charges[idx].counter, charges[idx].member))
+        if not ok and added:
+            await self._batch("release", (), added, 0)
+        return outs
 
     async def usage(self, counters: Sequence[Counter]) -> list[tuple[int, int]]:
         if not counters:
             return []
+        if self.cluster:
+            out = []
+            for c in counters:  # one slot per counter
+                keys, args = self._encode("usage", (), (), 0, [c])
+                raw = await self._call(keys, args)
+                out.append((int(raw[0]), int(raw[1])))
+            return out
         keys, args = self._encode("usage", (), (), 0, counters)
         raw = await self._call(keys, args)
         return [(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     async def reset(self, counters: Sequence[Counter]) -> None:
-        keys = [k for c in counters for k in self._keys(c)]
-        if keys:
-            await self._plain("delete", *keys)
+        for c in counters:  # keys of one counter share a slot
+            await self._plain("delete", *self._keys(c))
 
     async def set_exemption(self, subject: str, seconds: float) -> None:
         if seconds <= 0:

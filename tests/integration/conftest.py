@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_binary
-from tests.integration.redis_server import RedisServer
+from tests.integration.redis_server import RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,17 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private 3-node Redis Cluster for the whole run."""
+    binary = require_binary("redis-server")
+    require_binary("redis-cli")
+    with tempfile.TemporaryDirectory(prefix="pfm-cluster-") as d:
+        cluster = RedisCluster(binary, Path(d))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()

@@ -29,11 +29,25 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Store]:
-    """Each contract test runs against both backends."""
+    """Each contract test runs against every backend: memory, Redis and Redis Cluster."""
     if request.param == "memory":
         s = open_store("memory", clock=clock)
+    elif request.param == "redis-cluster":
+        from redis.asyncio.cluster import RedisCluster as Client
+
+        cluster = request.getfixturevalue("redis_cluster")
+        client = Client.from_url(cluster.url, socket_timeout=1, socket_connect_timeout=1)
+        s = open_store(
+            "redis",
+            url=cluster.url,
+            client=client,
+            cluster=True,
+            fast=False,
+            prefix=f"t{uuid.uuid4().hex[:8]}",
+            clock=clock,
+        )
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         s = open_store("redis", url=server.url, prefix=f"t{uuid.uuid4().hex[:8]}", clock=clock)
