@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench.policy_load import run_load  # noqa: E402
+from tests.integration.redis_server import RedisServer  # noqa: E402
 
 CONFIG = """
 [log]
@@ -99,38 +100,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def start_redis(tmp: Path) -> tuple[int, Path]:
-    port = free_port()
-    pidfile = tmp / "redis.pid"
-    subprocess.run(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "yes",
-            "--pidfile",
-            str(pidfile),
-            "--dir",
-            str(tmp),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    wait_port(port)
-    for _ in range(100):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
-        time.sleep(0.02)
-    return port, pidfile
-
-
 def memory_rss(keys: int, cap: int) -> dict[str, float]:
     """RSS growth of the memory store holding `keys` distinct counters with a cap of `cap`."""
     code = f"""
@@ -170,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     conns = [int(c) for c in args.connections.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="pfm-bench-"))
     results: dict[str, dict[int, dict[str, Any]]] = {}
-    rport, rpid = start_redis(tmp) if shutil.which("redis-server") else (0, None)
+    redis: RedisServer | None = None
+    if shutil.which("redis-server"):
+        redis = RedisServer(shutil.which("redis-server") or "redis-server", tmp)
+        redis.start()
+    rport = redis.port if redis else 0
     try:
         for kind in ("null", "memory", "redis"):
             if kind == "redis" and not rport:
@@ -187,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop(proc)
     finally:
-        if rpid is not None and rpid.exists():
-            os.kill(int(rpid.read_text().strip()), signal.SIGTERM)
+        if redis is not None:
+            redis.stop()
 
     null = results["null"]
     print()
