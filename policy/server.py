@@ -105,7 +105,7 @@ class PolicyService:
 
             self.metrics_server = MetricsServer(cfg.metrics_listen, self.registry)
             await self.metrics_server.start()
-        self._refresher = asyncio.create_task(self._refresh_exemptions())
+        self._refresher = asyncio.create_task(self._housekeeping())
         if cfg.maillog:
             self._follower = asyncio.create_task(self._follow_maillog(cfg.maillog))
         log.info(
@@ -228,15 +228,22 @@ class PolicyService:
             self.fast_log.flush()
         log.info("stopped")
 
-    async def _refresh_exemptions(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Every 2 s refresh exemptions; every 30 s drop idle counters of memory stores."""
+        sweep_at = 0.0
         while True:
-            store = self.active_store()
             try:
-                self.engine.exempt = await store.exemptions()
+                if self.clock() >= sweep_at:
+                    sweep_at = self.clock() + 30.0
+                    for store in (self.store, self.fallback):
+                        sweep = getattr(store, "sweep", None)
+                        if sweep is not None:
+                            sweep(20_000)  # counters whose windows all passed
+                self.engine.exempt = await self.active_store().exemptions()
             except StoreError:
                 pass
-            except Exception:  # never let the refresher die
-                log.exception("exemption_refresh_failed")
+            except Exception:  # never let housekeeping die
+                log.exception("housekeeping_failed")
             await asyncio.sleep(2.0)
 
     def _reject_connection(self, transport: asyncio.BaseTransport) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 from .store import Charge, Clock, Counter, Outcome
@@ -211,14 +212,20 @@ class MemoryStore:
         return {s: until - now for s, until in self._exempt.items()}
 
     def sweep(self, limit: int = 10000) -> int:
-        """Drop up to ``limit`` least recently used counters whose entries all expired."""
+        """Drop up to ``limit`` least recently used counters whose entries all expired.
+
+        The least recently used counters are the likeliest to be empty, and they sit at the
+        front of the LRU order, so a bounded look at the front keeps idle memory low without
+        ever scanning every counter.
+        """
         now = self.clock()
         dropped = 0
-        for key in list(self._logs)[:limit]:
-            log = self._logs[key]
+        logs = self._logs
+        for key in list(islice(logs, limit)):
+            log = logs[key]
             log.expire(now, key[1])
             if not log.done and not log.pend:
-                del self._logs[key]
+                del logs[key]
                 dropped += 1
         return dropped
 

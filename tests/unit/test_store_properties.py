@@ -146,3 +146,16 @@ def test_cap_on_keys_evicts_least_recently_used() -> None:
     assert store.evicted == 500
     (out,) = store.commit_now([Charge(Counter("k|0|60", 60.0, 1), 1, "m2")])
     assert out.allowed  # its history was evicted: more lenient, not stricter
+
+
+def test_sweep_drops_only_expired_counters() -> None:
+    """sweep() removes counters whose entries all left their window and keeps live ones."""
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+    store.commit_now([Charge(Counter("old|a|10", 10.0, 5), 1, "m")])
+    now[0] = 5.0
+    store.commit_now([Charge(Counter("new|b|10", 10.0, 5), 1, "m")])
+    now[0] = 12.0
+    assert store.sweep() == 1
+    assert len(store) == 1
+    assert store.usage_now([Counter("new|b|10", 10.0, 5)]) == [(1, 0)]
