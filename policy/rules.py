@@ -52,9 +52,34 @@ def domain_of(address: str) -> str:
     return address[at + 1 :].lower().rstrip(".") if at >= 0 else ""
 
 
-@lru_cache(maxsize=65536)
+def _v4_int(address: str) -> int | None:
+    """A strict dotted-quad IPv4 address as an integer, None for anything else."""
+    parts = address.split(".")
+    if len(parts) != 4:
+        return None
+    for p in parts:
+        if not (p.isascii() and p.isdigit() and len(p) <= 3) or (len(p) > 1 and p[0] == "0"):
+            return None
+    a, b, c, d = (int(p) for p in parts)
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        return None
+    return a << 24 | b << 16 | c << 8 | d
+
+
 def client_prefix(address: str, v4: int, v6: int) -> str:
     """The network of a client address at the configured prefix length, '' if not an IP."""
+    if ":" not in address:
+        # Dotted-quad fast path (most clients): no ipaddress objects per request.
+        ip = _v4_int(address)
+        if ip is None:
+            return ""
+        n = ip & ((0xFFFFFFFF << (32 - v4)) & 0xFFFFFFFF)
+        return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}/{v4}"
+    return _slow_prefix(address, v4, v6)
+
+
+@lru_cache(maxsize=65536)
+def _slow_prefix(address: str, v4: int, v6: int) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -71,10 +96,30 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+_V4_TABLES: dict[int, tuple[tuple[IPNetwork, ...], tuple[tuple[int, int], ...]]] = {}
+
+
+def _v4_table(networks: tuple[IPNetwork, ...]) -> tuple[tuple[int, int], ...]:
+    """(network, mask) integers of the IPv4 networks, cached per configured tuple."""
+    entry = _V4_TABLES.get(id(networks))
+    if entry is not None and entry[0] is networks:
+        return entry[1]
+    table = tuple((int(n.network_address), int(n.netmask)) for n in networks if n.version == 4)
+    if len(_V4_TABLES) > 1024:
+        _V4_TABLES.clear()
+    _V4_TABLES[id(networks)] = (networks, table)  # keeps the tuple alive: ids stay unique
+    return table
+
+
 def in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     """True when the client address lies in one of the networks."""
     if not networks:
         return False
+    if ":" not in address:
+        v4 = _v4_int(address)
+        if v4 is None:
+            return False
+        return any(v4 & mask == net for net, mask in _v4_table(networks))
     ip = _ip(address)
     if ip is None:
         return False

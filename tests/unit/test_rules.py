@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from policy.rules import client_prefix, compile_rules, domain_of, in_networks
 from services.config import Window, build_config
 
@@ -118,3 +121,42 @@ def test_breach_action_text() -> None:
     c = r3.breach_action(Window(10, 3600), "s@x")
     assert (c.verb, c.text) == ("PREPEND", "X-Rate: over")
     assert r1.blocking and r2.blocking and not r3.blocking
+
+
+@given(st.ip_addresses(v=4), st.integers(0, 32))
+def test_ipv4_prefix_fast_path_matches_ipaddress(ip: object, bits: int) -> None:
+    """The dotted-quad fast path agrees with the ipaddress module for every address and length."""
+    import ipaddress
+
+    expected = str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+    assert client_prefix(str(ip), bits, 64) == expected
+
+
+def test_prefix_rejects_malformed_ipv4() -> None:
+    """Out-of-range octets, leading zeros and junk are not addresses."""
+    for bad in (
+        "256.1.1.1",
+        "1.2.3",
+        "01.2.3.4",
+        "a.b.c.d",
+        "1.2.3.4.5",
+        "-1.2.3.4",
+        " 1.2.3.4",
+        "+1.2.3.4",
+        "",
+    ):
+        assert client_prefix(bad, 24, 64) == "", bad
+
+
+@given(
+    st.ip_addresses(v=4), st.lists(st.tuples(st.ip_addresses(v=4), st.integers(0, 32)), max_size=4)
+)
+def test_in_networks_fast_path_matches_ipaddress(
+    ip: object, nets: list[tuple[object, int]]
+) -> None:
+    """IPv4 membership by integer masks agrees with the ipaddress module."""
+    import ipaddress
+
+    networks = tuple(ipaddress.ip_network(f"{n}/{b}", strict=False) for n, b in nets)
+    expected = any(ipaddress.ip_address(str(ip)) in n for n in networks)
+    assert in_networks(str(ip), networks) == expected
