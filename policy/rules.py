@@ -245,7 +245,21 @@ class Rule:
                 subject=subject,
             )
         )
-        return Action(VERB[cfg.action], text)
+        verb = VERB[cfg.action]
+        code, _, rest = text.partition(" ")
+        if (
+            len(code) == 3
+            and code.isdigit()
+            and cfg.action in ("defer", "defer_if_permit", "reject")
+        ):
+            # An explicit SMTP code ("451 4.7.1 ...") is answered as such; its class must
+            # match the action (4xx to defer, 5xx to reject).
+            want = "5" if cfg.action == "reject" else "4"
+            if code[0] != want:
+                raise ValueError(f"reply code {code} does not fit action {cfg.action!r} ({want}xx)")
+            if cfg.action != "defer_if_permit":
+                verb, text = code, rest
+        return Action(verb, text)
 
 
 class _SafeDict(dict[str, object]):

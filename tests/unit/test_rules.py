@@ -160,3 +160,18 @@ def test_in_networks_fast_path_matches_ipaddress(
     networks = tuple(ipaddress.ip_network(f"{n}/{b}", strict=False) for n, b in nets)
     expected = any(ipaddress.ip_address(str(ip)) in n for n in networks)
     assert in_networks(str(ip), networks) == expected
+
+
+def test_reply_with_explicit_smtp_code() -> None:
+    """A reply starting with a 4xx/5xx code is answered with that code; a wrong class is refused."""
+    (rule,) = rules_for(
+        {"x": {"key": "sender", "windows": ["1/1h"], "reply": "421 4.7.0 Too fast, {subject}"}}
+    )
+    a = rule.breach_action(Window(1, 3600), "s@x")
+    assert (a.verb, a.text) == ("421", "4.7.0 Too fast, s@x")
+    import pytest
+
+    from services.config import ConfigError
+
+    with pytest.raises(ConfigError, match="reply"):
+        rules_for({"x": {"key": "sender", "windows": ["1/1h"], "reply": "554 5.7.1 no"}})
