@@ -53,7 +53,7 @@ def counters_for(
     kinds = subject_kinds(subject)
     if subject == "global":
         subject = "*"
-    out = []
+    out: list[tuple[Rule, Counter]] = []
     for rule in rules:
         if limit and rule.name != limit:
             continue
@@ -63,10 +63,7 @@ def counters_for(
                 continue
         elif len(parts) != 1 or (parts[0] not in kinds and not limit):
             continue
-        for w in rule.windows_for(subject):
-            out.append(
-                (rule, Counter(f"{rule.name}|{subject}|{int(w.seconds)}", w.seconds, w.count))
-            )
+        out.extend((rule, c) for c, _ in rule.counters(subject))
     return out
 
 

@@ -217,16 +217,8 @@ class Engine:
             enforce = rule.blocking and not rule.shadow
             if not rule.fail_open:
                 plan.fail_closed = True
-            base = rule.prefix + subject + "|"
-            for w in rule.windows_for(subject) if rule.overrides else rule.windows:
-                charges.append(
-                    Charge(
-                        Counter(base + str(int(w.seconds)), w.seconds, w.count),
-                        weight,
-                        member,
-                        enforce,
-                    )
-                )
+            for c, w in rule.counters(subject):
+                charges.append(Charge(c, weight, member, enforce))
                 meta.append((rule, subject, w))
         if not charges:
             plan.early = _NO_LIMITS
@@ -274,8 +266,7 @@ class Engine:
                 enforce = rule.blocking and not rule.shadow
                 if not rule.fail_open:
                     plan.fail_closed = True
-                for w in rule.windows_for(subject):
-                    c = Counter(f"{rule.name}|{subject}|{int(w.seconds)}", w.seconds, w.count)
+                for c, w in rule.counters(subject):
                     charges.append(Charge(c, weight, instance, enforce))
                     meta.append((rule, subject, w))
         if not charges and not plan.release:

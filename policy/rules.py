@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from services.config import AllowList, ConfigError, IPNetwork, LimitConfig, PolicydConfig, Window
 
 from .protocol import Action
+from .store import Counter
 
 BLOCKING = frozenset({"defer", "defer_if_permit", "reject", "discard"})
 # Precedence when several limits are breached at once: the strongest answer wins.
@@ -178,6 +179,21 @@ class Rule:
     auth: int = 0  # 0: everyone, 1: authenticated only, 2: unauthenticated only
     filtered: bool = False  # networks, exclusions or an allow list to check
     prefix: str = ""  # counter key prefix "NAME|"
+    cache: dict[str, tuple[tuple[Counter, Window], ...]] = field(default_factory=dict)
+
+    def counters(self, subject: str) -> tuple[tuple[Counter, Window], ...]:
+        """The counters (one per window in force) of a subject, built once and cached."""
+        pairs = self.cache.get(subject)
+        if pairs is None:
+            windows = self.windows_for(subject) if self.overrides else self.windows
+            base = f"{self.prefix}{subject}|"
+            pairs = tuple(
+                (Counter(f"{base}{int(w.seconds)}", w.seconds, w.count), w) for w in windows
+            )
+            if len(self.cache) >= 100_000:
+                self.cache.clear()  # bounded; rebuilt on demand
+            self.cache[subject] = pairs
+        return pairs
 
     @property
     def unit(self) -> str:
