@@ -83,7 +83,15 @@ def start_server(kind: str, tmp: Path, rport: int, log: str) -> tuple[subprocess
         ]
     else:
         conf = tmp / f"{kind}.toml"
-        conf.write_text(CONFIG.format(port=port, rport=rport, state=kind, tmp=tmp, log=log))
+        if kind == "floor":
+            # pfm-policyd with no limit and no decision log: parsing, framing, metrics and
+            # answering only, i.e. the cost every decision pays before any limit logic.
+            text = CONFIG.split("[policyd.limits")[0].format(
+                port=port, rport=rport, state="memory", tmp=tmp, log="none"
+            )
+        else:
+            text = CONFIG.format(port=port, rport=rport, state=kind, tmp=tmp, log=log)
+        conf.write_text(text)
         argv = [sys.executable, "-m", "policy", "--config", str(conf)]
     logf = open(tmp / f"{kind}.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         redis.start()
     rport = redis.port if redis else 0
     try:
-        for kind in ("null", "memory", "redis"):
+        for kind in ("null", "floor", "memory", "redis"):
             if kind == "redis" and not rport:
                 print("redis-server not installed: skipping redis", file=sys.stderr)
                 continue
@@ -188,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "targets: memory >= 50% and redis >= 30% of null req/CPU-s; p99 < 1 ms at 1 conn; p99 <= 2x null at 16"
     )
+    print("floor = pfm-policyd with no limit and no decision log (framing, parsing, metrics, answer)")
     if not args.skip_memory_rss:
         print()
         print("memory store RSS (MiB growth at each quarter of the inserts)")
