@@ -77,8 +77,7 @@ class _Proto(asyncio.Protocol):
             if not pending:
                 self.client._fail(RespError("reply without a request"))
                 return
-            fut, timer = pending.popleft()
-            timer.cancel()
+            fut = pending.popleft()[0]
             if fut.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -117,7 +116,9 @@ class RespClient:
         self.command_timeout = command_timeout
         self._proto: _Proto | None = None
         self._connecting: asyncio.Future[None] | None = None
-        self._pending: deque[tuple[asyncio.Future[Any], asyncio.TimerHandle]] = deque()
+        # (future, deadline): one watchdog timer checks the oldest, not a timer per command
+        self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -162,19 +163,31 @@ class RespClient:
             raise RespError("not connected")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        timer = loop.call_later(self.command_timeout, self._timeout)
-        self._pending.append((fut, timer))
+        self._pending.append((fut, loop.time() + self.command_timeout))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.command_timeout, self._check_deadlines)
         proto.transport.write(encode(args))
         return fut
 
-    def _timeout(self) -> None:
-        self._fail(RespError(f"timeout after {self.command_timeout:g}s"))
+    def _check_deadlines(self) -> None:
+        """Fail everything when the oldest command is overdue; else look again later."""
+        self._watchdog = None
+        if not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self._pending[0][1]
+        if loop.time() >= oldest:
+            self._fail(RespError(f"timeout after {self.command_timeout:g}s"))
+        else:
+            self._watchdog = loop.call_at(oldest, self._check_deadlines)
 
     def _fail(self, exc: RespError) -> None:
         """Fail everything in flight and drop the connection (replies can no longer be matched)."""
         pending, self._pending = self._pending, deque()
-        for fut, timer in pending:
-            timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        for fut, _ in pending:
             if not fut.done():
                 fut.set_exception(exc)
         proto, self._proto = self._proto, None

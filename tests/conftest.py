@@ -37,6 +37,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def pid_alive(pid: int) -> bool:
+    """True while a process runs; a zombie (daemons are reparented, maybe never reaped) is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Under CI=true a skipped test counts as a failure: no dependency hides behind a skip."""
     if report.skipped and integration_required() and not hasattr(report, "wasxfail"):

@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "targets: memory >= 50% and redis >= 30% of null req/CPU-s; p99 < 1 ms at 1 conn; p99 <= 2x null at 16"
     )
-    print("floor = pfm-policyd with no limit and no decision log (framing, parsing, metrics, answer)")
+    print(
+        "floor = pfm-policyd with no limit and no decision log (framing, parsing, metrics, answer)"
+    )
     if not args.skip_memory_rss:
         print()
         print("memory store RSS (MiB growth at each quarter of the inserts)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, pid_alive
 
 BASE = Path("/tmp/pfm-e2e")
 
@@ -131,17 +132,13 @@ class PostfixInstance:
         self.run("postfix", "-c", str(self.conf), "stop", check=False)
         deadline = time.monotonic() + 15
         while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not pid_alive(pid):
                 break
             time.sleep(0.05)
         else:
             if pid:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
         self.started = False
 
     def cleanup(self) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, pid_alive
 
 
 class RedisServer:
@@ -81,9 +81,7 @@ class RedisServer:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not pid_alive(self.pid):
                 break
             time.sleep(0.02)
         else:
