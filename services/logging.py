@@ -113,19 +113,19 @@ class EventWriter:
     Used for the canonical per-request line, where structlog's processor chain would cost
     more than the request itself. Lines are identical in shape to the JSON renderer's
     (event, level, timestamp, component, fields). Writes are buffered and flushed at most
-    ``max_delay`` seconds later or every ``max_batch`` lines (at once when no loop runs), so
-    a busy server pays one write(2) per batch, not per request. Callers pass only non-secret fields; keys are still checked against the
+    ``max_delay`` seconds later or every ``max_bytes`` (at once when no loop runs), so a
+    busy server pays one write(2) per batch, not per request. Callers pass only non-secret fields; keys are still checked against the
     secret patterns once per distinct key.
     """
 
     def __init__(
-        self, component: str, stream: Any = None, max_delay: float = 0.05, max_batch: int = 256
+        self, component: str, stream: Any = None, max_delay: float = 0.05, max_bytes: int = 65536
     ) -> None:
         self.component = component
         self.max_delay = max_delay
-        self.max_batch = max_batch
+        self.max_bytes = max_bytes
         self.stream = stream
-        self._buf: list[bytes] = []
+        self._buf = bytearray()  # one growing buffer: no per-line objects kept alive
         self._flush_scheduled = False
         self._sec = -1
         self._prefix = ""
@@ -150,21 +150,25 @@ class EventWriter:
         fields["level"] = level
         fields["timestamp"] = self._timestamp(time.time())
         buf = self._buf
-        buf.append(orjson.dumps(fields, default=str))
-        if len(buf) >= self.max_batch:
+        buf += orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        if len(buf) >= self.max_bytes:
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             try:
-                asyncio.get_running_loop().call_later(self.max_delay, self.flush)
+                asyncio.get_running_loop().call_later(self.max_delay, self._timed_flush)
             except RuntimeError:
-                self.flush()
+                self._timed_flush()
+
+    def _timed_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
-        self._flush_scheduled = False
+        """Write out what is buffered."""
         if not self._buf:
             return
-        data = b"\n".join(self._buf) + b"\n"
+        data = bytes(self._buf)
         self._buf.clear()
         stream = self.stream if self.stream is not None else _LOG_STREAM[0]
         raw = getattr(stream, "buffer", None)
