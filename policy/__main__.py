@@ -169,17 +169,7 @@ def run_test(config: Config, data: bytes, out: object) -> int:
                 status = EXIT_FAILURE
                 continue
             plan = service.engine.plan(item, session)
-            store = service.store
-            if plan.early is not None:
-                decision = plan.early
-            elif plan.op == "reserve":
-                decision = service.engine.conclude(
-                    plan, await store.reserve(plan.charges, service.engine.ttl)
-                )
-            else:
-                decision = service.engine.conclude(
-                    plan, await store.commit(plan.charges, plan.release)
-                )
+            decision = await service.run_plan(plan, service.store)
             write(f"action={decision.action}\n")
             write(f"  state={item.protocol_state or '-'} reason={decision.reason}")
             write(f" limit={decision.rule}\n" if decision.rule else "\n")

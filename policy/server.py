@@ -317,20 +317,21 @@ class PolicyService:
         store = self.active_store()
         fallback = store is not self.store
         try:
-            decision = await self._run(plan, store, fallback)
+            decision = await self.run_plan(plan, store, fallback)
             if not fallback:
                 self._store_ok()
         except StoreError as exc:
             self._store_failed(exc)
             if self.fallback is not None and not plan.fail_closed:
-                decision = await self._run(plan, self.fallback, True)
+                decision = await self.run_plan(plan, self.fallback, True)
             else:
                 decision = engine.store_failed(plan)
         if decision.fallback:
             self.metrics.fallback_decisions.inc()
         return self.finish(req, decision, t0)
 
-    async def _run(self, plan: Plan, store: Store, fallback: bool) -> Decision:
+    async def run_plan(self, plan: Plan, store: Store, fallback: bool = False) -> Decision:
+        """Carry out a plan on a store and conclude it (the awaited twin of decide_now)."""
         if plan.stale:
             await store.release(plan.stale)
         if plan.early is not None:
