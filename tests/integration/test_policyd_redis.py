@@ -107,3 +107,37 @@ async def test_fail_open_without_fallback_is_dunno(tmp_path: Path, own_redis: Re
         for i in range(3):
             assert await c.ask(instance=f"{i}") == "DUNNO"
         await c.close()
+
+
+async def test_daemon_on_redis_cluster(tmp_path: Path, redis_cluster: object) -> None:
+    """pfm-policyd with [redis] cluster = true enforces limits whose counters span slots."""
+    url = redis_cluster.url  # type: ignore[attr-defined]
+    limits = {
+        "two": {"key": "sender", "windows": ["2/1h", "5/1d"]},
+        "ip": {"key": "client_address", "unit": "recipients", "windows": ["100/1h"]},
+    }
+    cfg = build_config(
+        {
+            "redis": {
+                "url": url,
+                "cluster": True,
+                "prefix": "cl",
+                "command_timeout": 1,
+                "connect_timeout": 1,
+            },
+            "policyd": {
+                "listen": ["127.0.0.1:0"],
+                "state": "redis",
+                "admin_socket": str(tmp_path / "admin.sock"),
+                "metrics_listen": "",
+                "limits": limits,
+            },
+        }
+    )
+    async with running(cfg) as svc:
+        c = await PolicyClient.connect(*address(svc))
+        assert (await txn(c, "1"))[1] == "DUNNO"
+        assert (await txn(c, "2"))[1] == "DUNNO"
+        assert (await c.ask(instance="3")).startswith("DEFER 4.7.1")
+        assert metric(svc, "pfm_policyd_store_errors_total", {"store": "redis"}) == 0
+        await c.close()
