@@ -1,33 +1,50 @@
 """structlog setup shared by every daemon: JSON lines under systemd, console on a TTY.
 
 One canonical line per request; secrets are redacted by key name wherever they appear.
+
+Hot-path notes: levels below the configured one are a bare ``return None`` (filtering
+bound logger, resolved once per method by the proxy ``get_logger`` returns); JSON lines
+are rendered to bytes by orjson and written to the stream's binary buffer, flushed at
+once for warnings and errors and at most 50 ms later for info/debug lines while an
+event loop runs (so a busy daemon pays one write(2) per batch, not per line).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import re
 import sys
 import time
+import weakref
 from collections.abc import Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
+    "warn": logging.WARNING,
     "error": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
+FORMATS = ("auto", "json", "console")
 REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(
     r"^(password|passwd|pass|secret|otp|totp|token|app_password|authorization|credentials|"
     r"api_key|private_key)$|(_secret|_password|_token)$",
     re.IGNORECASE,
 )
+# Values of these types are logged as they are; anything else is walked for nested secrets.
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_KEY_CACHE_MAX = 4096
+_key_is_secret: dict[str, bool] = {}
+_plain_keys: set[str] = set()  # keys seen and found not secret (bounded)
 
 
 def is_secret_key(name: str) -> bool:
@@ -35,76 +52,221 @@ def is_secret_key(name: str) -> bool:
     return bool(_SECRET_KEY.search(name))
 
 
+def _secret(key: Any) -> bool:
+    cached = _key_is_secret.get(key)
+    if cached is None:
+        cached = isinstance(key, str) and is_secret_key(key)
+        if len(_key_is_secret) < _KEY_CACHE_MAX:
+            _key_is_secret[key] = cached
+            if not cached:
+                _plain_keys.add(key)
+    return cached
+
+
 def _redact(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
+        return {k: (REDACTED if _secret(k) else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact(v) for v in value]
     return value
 
 
-_PLAIN_KEYS: set[str] = set()
-
-
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: replace secret values (recursively) with ``[redacted]``."""
-    for key in list(event):
-        v = event[key]
-        if key in _PLAIN_KEYS and not isinstance(v, Mapping | list | tuple):
-            continue
-        if is_secret_key(key):
+    # Fast path, two C-level scans: every key known plain and every value a scalar.
+    if _plain_keys.issuperset(event) and _SCALARS.issuperset(map(type, event.values())):
+        return event
+    for key, value in event.items():  # values are replaced in place: the size never changes
+        if _secret(key):
             event[key] = REDACTED
-        else:
-            if len(_PLAIN_KEYS) < 4096:
-                _PLAIN_KEYS.add(key)
-            if isinstance(v, Mapping | list | tuple):
-                event[key] = _redact(v)
+        elif type(value) not in _SCALARS:
+            event[key] = _redact(value)
     return event
 
 
-def _dumps(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+class _Clock:
+    """ISO-8601 UTC timestamps with microseconds; the date part is formatted once a second."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: tuple[int, str] = (-1, "")
+
+    def iso(self, now: float) -> str:
+        sec = int(now)
+        cached_sec, prefix = self.cache
+        if sec != cached_sec:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self.cache = (sec, prefix)
+        return f"{prefix}.{int((now - sec) * 1_000_000):06d}Z"
+
+
+_clock = _Clock()
+
+
+def add_timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: ``timestamp`` in ISO-8601 UTC (``2024-05-01T12:00:00.123456Z``)."""
+    event["timestamp"] = _clock.iso(time.time())
+    return event
+
+
+def _dumps(obj: Any, **_: Any) -> bytes:
+    return orjson.dumps(obj, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class JsonLineSink:
+    """structlog logger for rendered JSON lines (bytes, newline included).
+
+    Writes go to the stream's binary buffer. Warnings and errors are flushed at once;
+    info/debug lines at most ``delay`` seconds later when an event loop runs in this
+    thread, at once otherwise (threads, start-up, CLI).
+    """
+
+    def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
+        self.stream = stream
+        self.raw: Any = getattr(stream, "buffer", None)
+        self.delay = delay
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def info(self, message: bytes) -> None:
+        """Write a line, flushed soon."""
+        raw = self.raw
+        if raw is None:
+            self.stream.write(message.decode())
+            return
+        raw.write(message)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._timer_loop is not loop:
+            self._timer_loop = loop
+            loop.call_later(self.delay, self._timed_flush)
+
+    debug = msg = log = info
+
+    def error(self, message: bytes) -> None:
+        """Write a line and flush at once."""
+        if self.raw is None:
+            self.stream.write(message.decode())
+            self.stream.flush()
+            return
+        self.raw.write(message)
+        self.flush()
+
+    warning = warn = critical = exception = fatal = failure = err = error
+
+    def _timed_flush(self) -> None:
+        self._timer_loop = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Push buffered lines to the file descriptor."""
+        try:
+            if self.raw is not None:
+                self.raw.flush()
+            else:
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must never break request handling
+
+
+class _Logger:
+    """What ``get_logger`` returns: resolves each log method once, after configuration.
+
+    After the first call ``log.info`` is a plain instance attribute (the configured
+    filtering logger's method), so a filtered-out level costs one call of ``return None``.
+    ``configure_logging`` drops the resolved methods so they follow the new configuration.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._pfm_component = name
+        _loggers.add(self)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        bound = structlog.get_logger(component=self._pfm_component).bind()
+        value = getattr(bound, attr)
+        if structlog.is_configured():
+            self.__dict__[attr] = value
+        return value
+
+    def _pfm_reset(self) -> None:
+        for attr in [a for a in self.__dict__ if a != "_pfm_component"]:
+            del self.__dict__[attr]
+
+    def __repr__(self) -> str:
+        return f"<pfm logger {self._pfm_component}>"
+
+
+_loggers: weakref.WeakSet[_Logger] = weakref.WeakSet()
+_sinks: list[JsonLineSink] = []
+
+
+def flush_logs() -> None:
+    """Flush lines still buffered (called at exit and by the lifecycle after the loop)."""
+    for sink in _sinks:
+        sink.flush()
+
+
+atexit.register(flush_logs)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog (and stdlib logging) for a daemon or CLI."""
+    """Configure structlog (and stdlib logging) for a daemon or CLI.
+
+    ``fmt``: ``auto`` (console on a TTY, JSON lines otherwise), ``json`` or ``console``.
+    Raises ValueError for an unknown level or format.
+    """
+    if level.lower() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}: use one of debug, info, warning, error")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(FORMATS)}")
+    numeric = LEVELS[level.lower()]
     out = stream if stream is not None else sys.stderr
+    tty = bool(getattr(out, "isatty", lambda: False)())
     if fmt == "auto":
-        fmt = "console" if out.isatty() else "json"
+        fmt = "console" if tty else "json"
+    flush_logs()
+    _sinks.clear()
     _LOG_STREAM[0] = out
     _LOG_FORMAT[0] = fmt
-    renderer: Any
-    if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         redact_secrets,
-        structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
-        renderer,
     ]
+    logger_factory: Any
+    if fmt == "json":
+        sink = JsonLineSink(out)
+        _sinks.append(sink)
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ]
+        logger_factory = lambda *_: sink  # noqa: E731 - one sink shared by every logger
+    else:
+        processors += [structlog.dev.set_exc_info, structlog.dev.ConsoleRenderer(colors=tty)]
+        logger_factory = structlog.WriteLoggerFactory(file=out)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=LEVELS.get(level, logging.INFO),
-        stream=out,
-        format="%(name)s %(levelname)s %(message)s",
-    )
+    for logger in list(_loggers):
+        logger._pfm_reset()
+    logging.basicConfig(level=numeric, stream=out, format="%(name)s %(levelname)s %(message)s")
 
 
-def get_logger(name: str) -> Any:
-    """A structlog logger bound to a component name."""
-    return structlog.get_logger(component=name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A structlog logger bound to a component name (usable before configure_logging)."""
+    return cast(FilteringBoundLogger, _Logger(name))
 
 
 class EventWriter:
@@ -126,17 +288,9 @@ class EventWriter:
         self.max_bytes = max_bytes
         self.stream = stream
         self._buf = bytearray()  # one growing buffer: no per-line objects kept alive
-        self._flush_scheduled = False
-        self._sec = -1
-        self._prefix = ""
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._clock = _Clock()
         self._checked: set[str] = set()
-
-    def _timestamp(self, now: float) -> str:
-        sec = int(now)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((now - sec) * 1_000_000):06d}Z"
 
     def emit(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
         for key in fields:
@@ -148,20 +302,24 @@ class EventWriter:
         fields["component"] = self.component
         fields["event"] = event
         fields["level"] = level
-        fields["timestamp"] = self._timestamp(time.time())
+        fields["timestamp"] = self._clock.iso(time.time())
         buf = self._buf
         buf += orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
         if len(buf) >= self.max_bytes:
             self.flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
+        else:
             try:
-                asyncio.get_running_loop().call_later(self.max_delay, self._timed_flush)
+                loop = asyncio.get_running_loop()
             except RuntimeError:
-                self._timed_flush()
+                self.flush()
+                return
+            # one timer per loop: a timer left on a loop that has ended does not block flushes
+            if self._timer_loop is not loop:
+                self._timer_loop = loop
+                loop.call_later(self.max_delay, self._timed_flush)
 
     def _timed_flush(self) -> None:
-        self._flush_scheduled = False
+        self._timer_loop = None
         self.flush()
 
     def flush(self) -> None:

@@ -40,28 +40,53 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+_USAGE = "use HOST:PORT, [IPv6]:PORT or unix:/absolute/path[:MODE]"
+_UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
+
+
 def parse_listen(spec: str) -> ListenAddress:
-    """``127.0.0.1:10040``, ``[::1]:10040``, ``localhost:10040``, ``unix:/path[:0660]``."""
-    spec = spec.strip()
-    if spec.startswith("unix:"):
-        rest = spec[5:]
-        mode = 0o660
-        head, sep, tail = rest.rpartition(":")
-        if sep and head and tail.isdigit() and len(tail) in (3, 4):
-            rest, mode = head, int(tail, 8)
-        if not rest.startswith("/") and not rest:
-            raise ValueError(f"invalid unix socket address {spec!r}")
-        return ListenAddress("unix", path=rest, mode=mode)
-    if spec.startswith("["):
-        host, sep, port = spec[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"invalid listen address {spec!r}: use [IPv6]:PORT")
-    else:
-        host, sep, port = spec.rpartition(":")
+    """``127.0.0.1:10040``, ``[::1]:10040``, ``localhost:10040``, ``unix:/path[:0660]``.
+
+    Raises ValueError naming the spec and the expected forms.
+    """
+    s = spec.strip()
+    if s.startswith("unix:"):
+        path, mode = s[5:], 0o660
+        head, sep, tail = path.rpartition(":")
+        if sep and tail.isascii() and tail.isdigit():
+            if len(tail) not in (3, 4) or any(c not in "01234567" for c in tail):
+                raise ValueError(
+                    f"invalid socket mode {tail!r} in listen address {spec!r}: {_USAGE}"
+                )
+            path, mode = head, int(tail, 8)
+            if mode > 0o777:
+                raise ValueError(f"invalid socket mode {tail!r} in listen address {spec!r}")
+        if not path.startswith("/"):
+            raise ValueError(
+                f"invalid listen address {spec!r}: the unix socket path must be absolute"
+            )
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise ValueError(
+                f"invalid listen address {spec!r}: unix socket path longer than "
+                f"{_UNIX_PATH_MAX} bytes"
+            )
+        return ListenAddress("unix", path=path, mode=mode)
+    if s.startswith("["):
+        host, sep, port = s[1:].partition("]:")
         if not sep or not host:
-            raise ValueError(f"invalid listen address {spec!r}: use HOST:PORT or unix:/path")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"invalid port in listen address {spec!r}")
+            raise ValueError(f"invalid listen address {spec!r}: {_USAGE}")
+    else:
+        host, sep, port = s.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"invalid listen address {spec!r}: {_USAGE}")
+        if ":" in host:
+            raise ValueError(
+                f"invalid listen address {spec!r}: IPv6 addresses need brackets, [::1]:PORT"
+            )
+    if any(c.isspace() for c in host):
+        raise ValueError(f"invalid listen address {spec!r}: {_USAGE}")
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid port in listen address {spec!r}: 0-65535")
     return ListenAddress("tcp", host=host, port=int(port))
 
 
@@ -69,20 +94,25 @@ def prepare_unix_path(path: str) -> None:
     """Make a unix socket path bindable: create its directory, remove a stale socket.
 
     A socket file some live process still answers on is left alone (EADDRINUSE), and a
-    path that is not a socket is never removed.
+    path that is not a socket is never removed (EEXIST, "exists and is not a socket").
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
         if not stat.S_ISSOCK(p.lstat().st_mode):
-            return
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
     except FileNotFoundError:
         return
     probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(1.0)
     try:
         probe.connect(path)
-    except OSError:
-        p.unlink()  # stale socket of a dead process
+    except ConnectionRefusedError:
+        p.unlink()  # stale socket of a dead process: nobody listens on it
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a busy live listener (full backlog) is still a live one
+        raise OSError(errno.EADDRINUSE, "in use") from exc
     else:
         raise OSError(errno.EADDRINUSE, "in use")
     finally:
@@ -90,7 +120,12 @@ def prepare_unix_path(path: str) -> None:
 
 
 class Connection(asyncio.Protocol):
-    """Base protocol: registers with its server, tracks activity and a busy flag."""
+    """Base protocol: registers with its server, tracks activity and a busy flag.
+
+    Subclasses call ``super().data_received(data)`` (or set ``last_active`` themselves):
+    one clock read per read, no timer re-armed; the server's sweep closes idle ones.
+    Set ``busy`` while a request is in flight so a graceful drain waits for its answer.
+    """
 
     server: NetServer | None = None
 
@@ -114,9 +149,14 @@ class Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
 
     def close(self) -> None:
-        """Close the connection (pending output is flushed)."""
+        """Close the connection (pending output is flushed first)."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping pending output."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.server is not None:
@@ -146,10 +186,10 @@ class NetServer:
         self.on_reject = on_reject
         self.on_idle_close = on_idle_close
         self.idle_closed = 0
+        self.rejected = 0
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
-        self.rejected = 0
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, int, int]] = []  # path, st_dev, st_ino
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -167,8 +207,9 @@ class NetServer:
         self.connections.discard(conn)
 
     async def start(self) -> None:
-        """Bind every address; a clear error when one is in use."""
+        """Bind every address; OSError naming the address when one fails (all are released)."""
         loop = asyncio.get_running_loop()
+        self._closing = False
         for spec in self.specs:
             try:
                 if spec.kind == "unix":
@@ -183,15 +224,24 @@ class NetServer:
                     raise OSError(
                         exc.errno, f"cannot listen on {spec}: address already in use"
                     ) from None
-                raise OSError(exc.errno, f"cannot listen on {spec}: {exc.strerror}") from None
+                reason = exc.strerror or str(exc)
+                raise OSError(exc.errno, f"cannot listen on {spec}: {reason}") from None
             self.servers.append(server)
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _start_unix(self, loop: asyncio.AbstractEventLoop, spec: ListenAddress) -> Any:
         prepare_unix_path(spec.path)
-        server = await loop.create_unix_server(self._make, spec.path, backlog=self.backlog)
-        os.chmod(spec.path, spec.mode)
-        self._unix_paths.append(spec.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(spec.path)
+            # the mode is set before listen(): nobody can connect through a looser mode
+            os.chmod(spec.path, spec.mode)
+            st = os.stat(spec.path)
+            server = await loop.create_unix_server(self._make, sock=sock, backlog=self.backlog)
+        except BaseException:
+            sock.close()
+            raise
+        self._unix_paths.append((spec.path, st.st_dev, st.st_ino))
         return server
 
     @property
@@ -211,35 +261,50 @@ class NetServer:
 
     @property
     def connection_count(self) -> int:
+        """Connections currently open (rejected ones never count)."""
         return len(self.connections)
 
     async def _sweep(self) -> None:
         interval = max(min(self.idle_timeout / 4, 5.0), 0.05)
         while True:
             await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.idle_timeout
-            for conn in [c for c in self.connections if c.last_active < cutoff and not c.busy]:
-                log.info(
-                    "idle_close",
-                    peer=conn.peer,
-                    idle_s=round(time.monotonic() - conn.last_active, 1),
-                )
-                conn.close()
-                self.idle_closed += 1
-                if self.on_idle_close is not None:
-                    self.on_idle_close()
+            try:
+                self._close_idle(time.monotonic())
+            except Exception:  # the sweep must survive a broken hook
+                log.exception("idle_sweep_failed")
+
+    def _close_idle(self, now: float) -> None:
+        cutoff = now - self.idle_timeout
+        for conn in [c for c in self.connections if c.last_active < cutoff and not c.busy]:
+            log.info("idle_close", peer=conn.peer, idle_s=round(now - conn.last_active, 1))
+            conn.close()
+            self.idle_closed += 1
+            if self.on_idle_close is not None:
+                self.on_idle_close()
 
     async def drain(self, grace: float) -> None:
-        """Stop accepting; wait for busy connections up to ``grace``; close everything."""
+        """Stop accepting; close idle connections now and busy ones once their answer is
+        written, for up to ``grace`` seconds; then close everything."""
         self._closing = True
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + grace
-        while any(c.busy for c in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        while True:
+            busy = False
+            for conn in list(self.connections):
+                if conn.busy:
+                    busy = True
+                else:
+                    conn.close()
+            if not busy or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
         await self.close()
 
-    async def close(self) -> None:
+    async def close(self, linger: float = 1.0) -> None:
+        """Stop listening, close every connection (aborting any still open after ``linger``
+        seconds), remove the unix socket files this server created."""
+        self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -247,13 +312,20 @@ class NetServer:
             server.close()
         for conn in list(self.connections):
             conn.close()
+        deadline = time.monotonic() + linger
+        while self.connections and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.abort()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         self.servers.clear()
-        for path in self._unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for path, dev, ino in self._unix_paths:
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):  # never remove a successor's socket
+                    os.unlink(path)
         self._unix_paths.clear()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.lifecycle import Signals, serve
+from services.lifecycle import Signals, serve, serve_until_stopped
 
 
 class Fake:
@@ -73,5 +73,84 @@ async def test_second_stop_forces() -> None:
     sig.request_stop()
     await asyncio.sleep(0.05)
     assert not task.done()
+    sig.request_stop()
+    assert await asyncio.wait_for(task, 5) == 1
+
+
+async def test_serve_until_stopped_with_events() -> None:
+    """serve_until_stopped: reload_event reloads, stop_event stops gracefully, exit 0."""
+    d = Fake()
+    stop, reload = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve_until_stopped(d, stop, grace=2, reload_event=reload))
+    await asyncio.sleep(0.01)
+    reload.set()
+    await asyncio.sleep(0.01)
+    assert d.calls == ["start", "reload"]
+    stop.set()
+    assert await asyncio.wait_for(task, 5) == 0
+    assert d.calls == ["start", "reload", "stop:2"]
+
+
+async def test_stop_during_startup_stops_after_start() -> None:
+    """A stop requested while start() runs lets start finish, then stops; a second one forces."""
+
+    class SlowStart(Fake):
+        async def start(self) -> None:
+            self.calls.append("start")
+            await asyncio.sleep(0.1)
+            self.calls.append("started")
+
+    d, sig = SlowStart(), Signals()
+    task = asyncio.create_task(serve(d, signals=sig))
+    await asyncio.sleep(0.01)
+    sig.request_stop()
+    assert await asyncio.wait_for(task, 5) == 0
+    assert d.calls == ["start", "started", "stop:10"]
+
+    class HangStart(Fake):
+        async def start(self) -> None:
+            self.calls.append("start")
+            await asyncio.sleep(3600)
+
+    d2, sig2 = HangStart(), Signals()
+    task = asyncio.create_task(serve(d2, signals=sig2))
+    await asyncio.sleep(0.01)
+    sig2.request_stop()
+    sig2.request_stop()
+    assert await asyncio.wait_for(task, 5) == 1
+    assert d2.calls == ["start"]
+
+
+async def test_reload_requests_coalesce() -> None:
+    """Reload requests arriving during a reload result in one more reload, not one each."""
+
+    class SlowReload(Fake):
+        async def reload(self) -> None:
+            self.calls.append("reload")
+            await asyncio.sleep(0.05)
+
+    d, sig = SlowReload(), Signals()
+    task = asyncio.create_task(serve(d, signals=sig))
+    await asyncio.sleep(0.01)
+    sig.request_reload()
+    await asyncio.sleep(0.01)
+    for _ in range(5):
+        sig.request_reload()
+    await asyncio.sleep(0.2)
+    sig.request_stop()
+    assert await asyncio.wait_for(task, 5) == 0
+    assert d.calls == ["start", "reload", "reload", "stop:10"]
+
+
+async def test_stop_failure_exits_1() -> None:
+    """A stop() that raises is logged and the exit code is 1."""
+
+    class BadStop(Fake):
+        async def stop(self, grace: float) -> None:
+            raise RuntimeError("store close failed")
+
+    d, sig = BadStop(), Signals()
+    task = asyncio.create_task(serve(d, signals=sig))
+    await asyncio.sleep(0.01)
     sig.request_stop()
     assert await asyncio.wait_for(task, 5) == 1

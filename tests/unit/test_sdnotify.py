@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
+
+import pytest
 
 from services import sdnotify
 
@@ -34,3 +37,27 @@ def test_no_socket_is_a_noop() -> None:
     """Without $NOTIFY_SOCKET, or with a dead one, notify returns False and never raises."""
     assert not sdnotify.notify(sdnotify.READY, {})
     assert not sdnotify.notify(sdnotify.READY, {"NOTIFY_SOCKET": "/nonexistent/sock"})
+
+
+def test_environment_variable_is_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an explicit mapping, $NOTIFY_SOCKET from the process environment is used."""
+    path = str(tmp_path / "env.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert sdnotify.notify(sdnotify.status("serving\n2 listeners"))
+        assert s.recv(100) == b"STATUS=serving 2 listeners"
+        monkeypatch.delenv("NOTIFY_SOCKET")
+        assert not sdnotify.notify(sdnotify.READY)
+
+
+def test_reloading_timestamp_is_monotonic_usec() -> None:
+    """reloading() carries RELOADING=1 and CLOCK_MONOTONIC in microseconds (systemd's clock)."""
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    first, second = sdnotify.reloading().split("\n")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert first == sdnotify.RELOADING == "RELOADING=1"
+    key, value = second.split("=")
+    assert key == "MONOTONIC_USEC" and before <= int(value) <= after
