@@ -1,16 +1,23 @@
--- pfm-policyd sliding-window log, one call per decision (reserve, commit, release, usage).
+-- pfm-policyd exact sliding-window log, one call per operation (reserve, commit, release, usage).
 --
--- Per counter three keys sharing one hash tag:
---   L  ZSET  member -> timestamp of the charge (committed and pending)
---   W  HASH  member -> weight, plus "~sum" = total weight in L
---   P  ZSET  member -> deadline, pending reservations only
--- The clock comes from the caller (ARGV), so tests can inject time and hosts share it.
+-- Per counter three keys sharing one hash tag (one Cluster slot):
+--   L  ZSET    member -> timestamp; a pending reservation gets the virtual timestamp
+--              now + min(ttl, window) - window, so it leaves the window exactly when its
+--              ttl ends and one ZRANGEBYSCORE expires committed and pending entries alike
+--   W  HASH    member -> weight, "p<weight>" for a pending reservation
+--   S  STRING  running total weight of the entries in L
+-- The clock comes from the caller (ARGV), never from Redis TIME: tests inject time and the
+-- hosts of a fleet share wall-clock time.
+-- TTLs: every add sets PEXPIRE window + 60 s on the three keys of its counter, beyond the
+-- window of every entry they hold; removals keep TTLs (ZREM, HDEL, DECRBY, SET KEEPTTL) and
+-- a counter left empty is deleted, so nothing grows without bound. Needs Redis >= 6.0.
 --
 -- ARGV: op, now, ttl, ncounters, then per counter: window limit,
 --       then ncharges, per charge: counter_index weight member enforce,
 --       then nrelease, per release: counter_index member.
--- KEYS: per counter L W P (counter i uses KEYS[3i-2..3i]).
+-- KEYS: per counter L W S (counter i uses KEYS[3i-2..3i]).
 -- Reply of reserve/commit: ok, then per charge: used, allowed, added (1 when newly added).
+-- Reply of usage: per counter: committed, pending.
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -25,93 +32,88 @@ end
 local ncharge = tonumber(ARGV[pos]); pos = pos + 1
 local charges = {}
 for i = 1, ncharge do
-  charges[i] = {tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), ARGV[pos + 2], ARGV[pos + 3] == "1"}
+  -- counter index, weight, member, enforce, weight as sent (exact text for HSET)
+  charges[i] = {tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), ARGV[pos + 2], ARGV[pos + 3] == "1",
+                ARGV[pos + 1]}
   pos = pos + 4
 end
 local nrel = tonumber(ARGV[pos]); pos = pos + 1
-local releases = {}
-for i = 1, nrel do
-  releases[i] = {tonumber(ARGV[pos]), ARGV[pos + 1]}
-  pos = pos + 2
-end
 
 local function keys(i)
-  return KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local b = 3 * i
+  return KEYS[b - 2], KEYS[b - 1], KEYS[b]
 end
 
-local function drop(L, W, P, members, total)
-  -- remove members (in chunks: unpack has a limit) and return the new total
-  local n = #members
-  local i = 1
-  while i <= n do
-    local j = math.min(i + 999, n)
-    local chunk = {unpack(members, i, j)}
-    local ws = redis.call('HMGET', W, unpack(chunk))
-    for k = 1, #ws do
-      if ws[k] then total = total - tonumber(ws[k]) end
-    end
-    redis.call('HDEL', W, unpack(chunk))
-    redis.call('ZREM', L, unpack(chunk))
-    redis.call('ZREM', P, unpack(chunk))
-    i = j + 1
+local function weight(v)
+  if string.byte(v) == 112 then return tonumber(string.sub(v, 2)) end  -- "p<weight>"
+  return tonumber(v)
+end
+
+-- after S went to total <= 0: delete an empty counter, or repair S (never negative, and
+-- never without a TTL even if it was lost and re-created by DECRBY)
+local function settle(L, W, S, total)
+  if total > 0 then return total end
+  if redis.call('ZCARD', L) == 0 then
+    redis.call('DEL', L, W, S)
+  else
+    local left = redis.call('PTTL', L)
+    if left > 0 then redis.call('SET', S, 0, 'PX', left) else redis.call('SET', S, 0, 'KEEPTTL') end
   end
-  return total
+  return 0
 end
 
-local totals = {}
+local totals = {}  -- counter index -> total after expiry (valid for this call)
 local function expire(i)
-  if totals[i] ~= nil then return totals[i] end
-  local L, W, P = keys(i)
-  local total = tonumber(redis.call('HGET', W, '~sum') or '0')
-  local changed = false
-  local old = redis.call('ZRANGEBYSCORE', L, '-inf', now - windows[i])
-  if #old > 0 then total = drop(L, W, P, old, total); changed = true end
-  local dead = redis.call('ZRANGEBYSCORE', P, '-inf', now)
-  if #dead > 0 then total = drop(L, W, P, dead, total); changed = true end
-  if total < 0 then total = 0 end
-  if changed then
-    if total == 0 and redis.call('ZCARD', L) == 0 then
-      redis.call('DEL', L, W, P)
-    else
-      redis.call('HSET', W, '~sum', total)
+  local total = totals[i]
+  if total ~= nil then return total end
+  local L, W, S = keys(i)
+  local cutoff = now - windows[i]
+  total = tonumber(redis.call('GET', S) or '0')
+  local old = redis.call('ZRANGEBYSCORE', L, '-inf', cutoff)
+  local n = #old
+  if n > 0 then
+    local gone = 0
+    local j = 1
+    while j <= n do  -- in chunks: unpack has a limit
+      local k = math.min(j + 999, n)
+      local ws = redis.call('HMGET', W, unpack(old, j, k))
+      for x = 1, #ws do
+        if ws[x] then gone = gone + weight(ws[x]) end
+      end
+      redis.call('HDEL', W, unpack(old, j, k))
+      j = k + 1
     end
+    redis.call('ZREMRANGEBYSCORE', L, '-inf', cutoff)
+    total = settle(L, W, S, redis.call('DECRBY', S, gone))
   end
   totals[i] = total
   return total
 end
 
-local function touch(i, extra)
-  local L, W, P = keys(i)
-  local ms = math.floor((windows[i] + extra + 60) * 1000)
-  redis.call('PEXPIRE', L, ms); redis.call('PEXPIRE', W, ms)
-  if redis.call('EXISTS', P) == 1 then redis.call('PEXPIRE', P, ms) end
+local function release(i, m)
+  local L, W, S = keys(i)
+  local v = redis.call('HGET', W, m)
+  if not v then return end
+  redis.call('HDEL', W, m)
+  redis.call('ZREM', L, m)
+  local total = settle(L, W, S, redis.call('DECRBY', S, weight(v)))
+  if totals[i] ~= nil then totals[i] = total end
 end
 
 local function release_all()
-  local touched = {}
-  for _, r in ipairs(releases) do
-    local i, m = r[1], r[2]
-    local L, W, P = keys(i)
-    if redis.call('HEXISTS', W, m) == 1 then
-      local total = expire(i)
-      totals[i] = drop(L, W, P, {m}, total)
-      redis.call('HSET', W, '~sum', totals[i])
-      touched[i] = true
-    end
+  for _ = 1, nrel do
+    release(tonumber(ARGV[pos]), ARGV[pos + 1])
+    pos = pos + 2
   end
-  return touched
 end
-
 if op == 'usage' then
   local out = {}
   for i = 1, nc do
-    local L, W, P = keys(i)
+    local _, W = keys(i)
     local total = expire(i)
     local pend = 0
-    local members = redis.call('ZRANGE', P, 0, -1)
-    if #members > 0 then
-      local ws = redis.call('HMGET', W, unpack(members))
-      for k = 1, #ws do if ws[k] then pend = pend + tonumber(ws[k]) end end
+    for _, v in ipairs(redis.call('HVALS', W)) do
+      if string.byte(v) == 112 then pend = pend + tonumber(string.sub(v, 2)) end
     end
     out[#out + 1] = total - pend
     out[#out + 1] = pend
@@ -123,7 +125,6 @@ if op == 'release' then
   release_all()
   return {}
 end
-
 if op == 'commit' then release_all() end
 
 -- reserve / commit: check every charge, add all when every enforce charge fits
@@ -133,17 +134,16 @@ local out = {}
 local present = {}
 local batch = {}
 for k, c in ipairs(charges) do
-  local i, weight, member, enforce = c[1], c[2], c[3], c[4]
-  local L, W, P = keys(i)
+  local i, w, member, enforce = c[1], c[2], c[3], c[4]
+  local L, W, S = keys(i)
   local used = expire(i) + (extra[i] or 0)
-  local here = redis.call('HEXISTS', W, member) == 1
-  local dup = batch[i .. '\0' .. member] == true
-  local allowed = here or dup or (used + weight <= limits[i])
-  if allowed and not here and not dup then
-    extra[i] = (extra[i] or 0) + weight
-    batch[i .. '\0' .. member] = true
+  local tag = i .. '\0' .. member
+  local here = batch[tag] == true or redis.call('HEXISTS', W, member) == 1
+  local allowed = here or (used + w <= limits[i])
+  if not here and (allowed or not enforce) then  -- a refused shadow charge is still added
+    extra[i] = (extra[i] or 0) + w
+    batch[tag] = true
   end
-  here = here or dup
   if not allowed and enforce then ok = false end
   present[k] = here
   out[#out + 1] = used
@@ -151,19 +151,28 @@ for k, c in ipairs(charges) do
   out[#out + 1] = 0
 end
 if ok then
+  local dirty = {}
   for k, c in ipairs(charges) do
     if not present[k] then
-      local i, weight, member = c[1], c[2], c[3]
-      local L, W, P = keys(i)
-      if redis.call('HSETNX', W, member, weight) == 1 then
+      local i, w, member = c[1], c[2], c[3]
+      local L, W, S = keys(i)
+      if op == 'reserve' then
+        redis.call('HSET', W, member, 'p' .. c[5])
+        redis.call('ZADD', L, now + math.min(ttl, windows[i]) - windows[i], member)
+      else
+        redis.call('HSET', W, member, c[5])
         redis.call('ZADD', L, now, member)
-        redis.call('HINCRBY', W, '~sum', weight)
-        if op == 'reserve' then redis.call('ZADD', P, now + ttl, member) end
-        out[3 * k] = 1
       end
+      redis.call('INCRBY', S, c[5])
+      dirty[i] = true
+      out[3 * k] = 1
     end
   end
+  for i in pairs(dirty) do
+    local L, W, S = keys(i)
+    local ms = math.floor((windows[i] + 60) * 1000)
+    redis.call('PEXPIRE', L, ms); redis.call('PEXPIRE', W, ms); redis.call('PEXPIRE', S, ms)
+  end
 end
-for i = 1, nc do touch(i, ttl) end
 table.insert(out, 1, ok and 1 or 0)
 return out

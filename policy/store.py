@@ -8,9 +8,9 @@ reservations (they count, and vanish after a TTL unless committed or released), 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 Clock = Callable[[], float]
 
@@ -19,24 +19,27 @@ class StoreError(Exception):
     """The state backend failed (connection, timeout, script error)."""
 
 
-class Counter(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Counter:
     """One window of one limit for one subject."""
 
-    key: str  # unique per limit, subject and window, e.g. "user|alice@example.org|3600"
-    window: float  # seconds
-    limit: int  # max total weight inside any window
+    key: str  # unique per limit and subject, e.g. "sender_hourly|alice@example.org"
+    window: float  # seconds, > 0
+    limit: int  # max total weight inside any window of `window` seconds, >= 0
 
 
-class Charge(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Charge:
     """A weight to add to a counter under a member id (idempotent per member)."""
 
     counter: Counter
-    weight: int
-    member: str
+    weight: int  # >= 0: 1 per message or recipient, or a byte count
+    member: str  # id of the charge inside its counter, e.g. "r:<instance>/<rcpt>"
     enforce: bool = True  # False: reported, never blocks, always added with its batch
 
 
-class Outcome(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Outcome:
     """A charge's view of its counter before it was added."""
 
     used: int  # total weight in the window before this charge (pending included)
@@ -99,8 +102,3 @@ def open_store(name: str, **options: Any) -> Store:
 
         return RedisStore(**options)
     raise ValueError(f"unknown state store {name!r}: use 'memory' or 'redis'")
-
-
-def wall_clock() -> float:
-    """The default clock: wall time, shared by every host of a fleet."""
-    return time.time()

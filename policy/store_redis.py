@@ -1,6 +1,6 @@
 """Redis state store: the same sliding-window log, one Lua script call per operation.
 
-Keys are namespaced (``{prefix}:rl:{<counter key>}:l|w|p``), hash-tagged per counter so the
+Keys are namespaced (``{prefix}:rl:{<counter key>}:<window>:l|w|s``), hash-tagged per counter so the
 keys of a counter share a Cluster slot, and every write refreshes their TTL, so nothing
 grows without bound. The caller's clock is passed into the script. Any Redis failure
 becomes :class:`~policy.store.StoreError` within the command timeout.
@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -23,6 +23,10 @@ from services.resp import RespClient, RespError
 from services.resp import supported as resp_supported
 
 from .store import Charge, Clock, Counter, Outcome, StoreError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 SCRIPT = resources.files("policy").joinpath("ratelimit.lua").read_text(encoding="utf-8")
 
@@ -41,7 +45,7 @@ class RedisStore:
         connect_timeout: float = 0.5,
         command_timeout: float = 0.5,
         clock: Clock = time.time,
-        client: Any = None,
+        client: Redis | RedisCluster | None = None,
         password: str | None = None,
         fast: bool = True,
         cluster: bool = False,
@@ -49,12 +53,13 @@ class RedisStore:
         if client is None:
             from services.redis import create_redis
 
-            client = create_redis(
+            made: Any = create_redis(
                 url, connect_timeout=connect_timeout, command_timeout=command_timeout
             )
             if password:
-                client.connection_pool.connection_kwargs["password"] = password
-        self.client = client
+                made.connection_pool.connection_kwargs["password"] = password
+            client = made
+        self.client: Any = client
         self.cluster = cluster
         # The decision path uses the lean pipelined client; admin calls use redis-py.
         self.fast: RespClient | None = None
@@ -73,8 +78,9 @@ class RedisStore:
         self._exempt_key = f"{prefix}:ex"
 
     def _keys(self, c: Counter) -> tuple[str, str, str]:
+        """The counter's log, weights and sum keys; the counter key is the hash tag."""
         base = f"{self.prefix}:rl:{{{c.key}}}:{c.window:g}"
-        return f"{base}:l", f"{base}:w", f"{base}:p"
+        return f"{base}:l", f"{base}:w", f"{base}:s"
 
     async def _call(self, keys: list[str], args: list[Any]) -> Any:
         fast = self.fast

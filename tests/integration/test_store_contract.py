@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import AsyncIterator
 
@@ -196,3 +197,103 @@ async def test_same_member_twice_in_one_batch(store: Store) -> None:
     assert [o.allowed for o in outs] == [True, True, True]
     assert [o.used for o in outs] == [0, 2, 2]
     assert await store.usage([C]) == [(0, 3)]
+
+
+async def test_pending_counts_toward_used(store: Store) -> None:
+    """Open reservations count, so concurrent transactions cannot overshoot the limit."""
+    await store.reserve([Charge(C, 2, "r:t1")], 600)
+    (out,) = await store.reserve([Charge(C, 2, "r:t2")], 600)
+    assert not out.allowed and out.used == 2
+    (out,) = await store.reserve([Charge(C, 1, "r:t2")], 600)
+    assert out.allowed and out.used == 2
+
+
+async def test_refused_batch_leaves_no_trace(store: Store) -> None:
+    """A refused batch adds nothing anywhere: usage is unchanged on every counter."""
+    outs = await store.reserve([Charge(D, 1, "x"), Charge(C, 4, "x")], 600)
+    assert [o.allowed for o in outs] == [True, False]
+    assert await store.usage([D, C]) == [(0, 0), (0, 0)]
+    (out,) = await store.reserve([Charge(C, 3, "x")], 600)
+    assert out.allowed and out.used == 0
+
+
+async def test_shadow_charge_counts_for_later_charges(store: Store) -> None:
+    """A refused shadow charge is added with its batch, so later charges of the batch see it."""
+    outs = await store.commit([Charge(C, 5, "s", enforce=False), Charge(C, 1, "e")], [])
+    assert [(o.used, o.allowed) for o in outs] == [(0, False), (5, False)]
+    assert await store.usage([C]) == [(0, 0)]
+    outs = await store.commit([Charge(C, 5, "s", enforce=False), Charge(D, 1, "e")], [])
+    assert [o.allowed for o in outs] == [False, True]
+    assert await store.usage([C, D]) == [(5, 0), (1, 0)]
+
+
+async def test_committed_member_is_idempotent(store: Store) -> None:
+    """Committing a member twice (a retried END-OF-MESSAGE) counts it once."""
+    await store.commit([Charge(D, 4, "c:t1")], [])
+    (out,) = await store.commit([Charge(D, 4, "c:t1")], [])
+    assert out.allowed and out.used == 4
+    assert await store.usage([D]) == [(4, 0)]
+
+
+async def test_byte_weights(store: Store) -> None:
+    """Large weights (byte counts) add up exactly against a large limit."""
+    b = Counter("bytes|alice", 3600.0, 50_000_000)
+    (out,) = await store.commit([Charge(b, 30_000_000, "c:1")], [])
+    assert out.allowed
+    (out,) = await store.commit([Charge(b, 20_000_001, "c:2")], [])
+    assert not out.allowed and out.used == 30_000_000
+    (out,) = await store.commit([Charge(b, 20_000_000, "c:3")], [])
+    assert out.allowed and out.used == 30_000_000
+
+
+async def test_pending_never_outlives_window(store: Store, clock: Clock) -> None:
+    """A reservation with a ttl longer than the window still leaves with the window."""
+    await store.reserve([Charge(C, 3, "r:long")], 3600)
+    clock.advance(59.9)
+    assert await store.usage([C]) == [(0, 3)]
+    clock.advance(0.1)
+    assert await store.usage([C]) == [(0, 0)]
+
+
+async def test_windows_are_separate_counters(store: Store, clock: Clock) -> None:
+    """The same key with two windows keeps two independent logs."""
+    short = Counter("k|alice", 10.0, 1)
+    long = Counter("k|alice", 100.0, 2)
+    outs = await store.commit([Charge(short, 1, "a"), Charge(long, 1, "a")], [])
+    assert all(o.allowed for o in outs)
+    clock.advance(10)
+    outs = await store.commit([Charge(short, 1, "b"), Charge(long, 1, "b")], [])
+    assert [(o.used, o.allowed) for o in outs] == [(0, True), (1, True)]
+    outs = await store.commit([Charge(short, 1, "c"), Charge(long, 1, "c")], [])
+    assert [(o.used, o.allowed) for o in outs] == [(1, False), (2, False)]
+
+
+async def test_random_sequences_match_the_memory_store(store: Store, clock: Clock) -> None:
+    """A seeded random mix of operations gives the same outcomes as the memory store."""
+    rng = random.Random(7)
+    ref_clock = Clock(clock.t)
+    ref = open_store("memory", clock=ref_clock)
+    counters = [Counter("rnd|a", 5.0, 4), Counter("rnd|b", 20.0, 7), Counter("rnd|a", 8.0, 3)]
+    for step in range(300):
+        kind = rng.choice(["reserve", "reserve", "commit", "release", "advance", "usage"])
+        if kind == "advance":
+            dt = rng.choice([0.5, 1.0, 2.5, 4.0])
+            clock.advance(dt)
+            ref_clock.advance(dt)
+            continue
+        if kind == "usage":
+            assert await store.usage(counters) == await ref.usage(counters), step
+            continue
+        pairs = [(rng.choice(counters), f"m{rng.randrange(8)}") for _ in range(rng.randint(1, 3))]
+        if kind == "release":
+            await store.release(pairs)
+            await ref.release(pairs)
+            continue
+        charges = [Charge(c, rng.randint(0, 3), m, rng.random() < 0.8) for c, m in pairs]
+        if kind == "reserve":
+            ttl = rng.choice([3.0, 6.0])
+            got, want = await store.reserve(charges, ttl), await ref.reserve(charges, ttl)
+        else:
+            rel = [(rng.choice(counters), f"m{rng.randrange(8)}")]
+            got, want = await store.commit(charges, rel), await ref.commit(charges, rel)
+        assert got == want, (step, kind, charges)
