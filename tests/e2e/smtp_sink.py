@@ -12,10 +12,12 @@ from aiosmtpd.controller import Controller
 from tests.conftest import free_port
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivered:
+    """One message as the sink received it."""
+
     mail_from: str
-    rcpt_tos: list[str]
+    rcpt_tos: tuple[str, ...]
     data: bytes
 
 
@@ -24,9 +26,8 @@ class _Handler:
         self.sink = sink
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.sink._add(
-            Delivered(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
-        )
+        content = envelope.original_content or envelope.content or b""
+        self.sink._add(Delivered(envelope.mail_from, tuple(envelope.rcpt_tos), bytes(content)))
         return "250 OK queued by sink"
 
 
@@ -37,6 +38,7 @@ class SmtpSink:
         self.port = free_port()
         self.messages: list[Delivered] = []
         self._cond = threading.Condition()
+        self._running = False
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
     def _add(self, msg: Delivered) -> None:
@@ -45,13 +47,18 @@ class SmtpSink:
             self._cond.notify_all()
 
     def start(self) -> None:
+        """Start serving (returns once the port accepts connections)."""
         self.controller.start()
+        self._running = True
 
     def stop(self) -> None:
-        self.controller.stop()
+        """Stop serving; safe to call twice."""
+        if self._running:
+            self._running = False
+            self.controller.stop()
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Delivered]:
-        """Block until at least ``count`` messages arrived; return them."""
+        """Block until at least ``count`` messages arrived; return a copy of all of them."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self.messages) < count:
