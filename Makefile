@@ -26,7 +26,7 @@ $(STAMP): $(PY) pyproject.toml
 venv: $(STAMP)
 
 deps:
-	bash .ci/install-deps
+	bash .ci/install-deps core sqlite ldap dovecot
 
 run: $(STAMP)
 	@mkdir -p var

@@ -242,12 +242,43 @@ class PolicydConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LdapConfig:
+    """``[directory.ldap]``: the OpenLDAP directory backend."""
+
+    uris: tuple[str, ...] = ("ldap://127.0.0.1:389",)
+    base_dn: str = "dc=example,dc=org"
+    bind_dn: str = ""
+    bind_password_file: str = ""
+    start_tls: bool = False
+    ca_file: str = ""
+    connect_timeout: Duration = Duration(3)
+    timeout: Duration = Duration(5)
+    pool_size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """``[directory]``: where domains, mailboxes and aliases live, and password policy."""
+
+    backend: Literal["sqlite", "ldap"] = "sqlite"
+    path: str = "/var/lib/pfm/directory.db"
+    password_scheme: Literal["ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT"] = "ARGON2ID"
+    rehash_on_login: bool = True
+    revoke_app_passwords_on_passwd: bool = True
+    dkim_dir: str = "/var/lib/pfm/dkim"
+    backup_dir: str = "/var/backups/pfm"
+    mail_root: str = "/var/vmail"
+    ldap: LdapConfig = LdapConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole ``pfm.toml``."""
 
     log: LogConfig = LogConfig()
     redis: RedisConfig = RedisConfig()
     policyd: PolicydConfig = PolicydConfig()
+    directory: DirectoryConfig = DirectoryConfig()
     source: str = ""
 
 

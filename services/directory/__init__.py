@@ -1,0 +1,1 @@
+"""The directory: domains, mailboxes, aliases, alias domains, admins, app passwords, audit log."""
