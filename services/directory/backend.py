@@ -11,7 +11,7 @@ raises :class:`~services.directory.model.Unavailable`, never NotFound.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .model import (
     Admin,
@@ -23,6 +23,9 @@ from .model import (
     Domain,
     Mailbox,
 )
+
+if TYPE_CHECKING:
+    from services.config import DirectoryConfig
 
 
 class Backend(Protocol):
@@ -48,3 +51,14 @@ class Backend(Protocol):
     def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None: ...
 
     def close(self) -> None: ...
+
+
+def open_backend(cfg: DirectoryConfig) -> Backend:
+    """The configured backend (imported lazily: the CLI must start fast)."""
+    if cfg.backend == "ldap":
+        from .ldap import LdapBackend
+
+        return LdapBackend(cfg.ldap)
+    from .sqlite import SqliteBackend
+
+    return SqliteBackend(cfg.path)
