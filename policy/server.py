@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from services.netserver import Connection, NetServer
 
 from .admin import AdminServer
 from .decide import CommitLog, Decision, Engine, Plan, Session
+from .directory_limits import Found, fetch_overrides, merge_overrides
 from .postfix_log import cleanup_rejected_queue_id
 from .protocol import PolicyParser, PolicyRequest, ProtocolError
 from .store import Counter, Store, StoreError, open_store
@@ -56,6 +58,8 @@ class PolicyService:
     ) -> None:
         self.config = config
         self.cfg = config.policyd
+        self.dir_found: Found = {}  # overrides last read from the directory
+        self._dir_failing = False
         self.config_path = config_path
         self.registry = registry if registry is not None else new_registry()
         self.metrics = PolicyMetrics(self.registry)
@@ -73,6 +77,7 @@ class PolicyService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._dir_task: asyncio.Task[None] | None = None
         self.log_all = self.cfg.log_decisions == "all"
         self.log_actions = self.cfg.log_decisions != "none"
         self.fast_log = EventWriter("pfm.policyd") if log_format() == "json" else None
@@ -108,6 +113,8 @@ class PolicyService:
         self._refresher = asyncio.create_task(self._housekeeping())
         if cfg.maillog:
             self._follower = asyncio.create_task(self._follow_maillog(cfg.maillog))
+        if cfg.directory_limits:
+            self._dir_task = asyncio.create_task(self._refresh_directory())
         log.info(
             "started",
             listen=self.net.addresses,
@@ -185,6 +192,9 @@ class PolicyService:
             return
         try:
             new = load_config(self.config_path)
+            if new.policyd.directory_limits and self.dir_found:
+                merged, _ = merge_overrides(new.policyd, self.dir_found)
+                new = dataclasses.replace(new, policyd=merged)
             engine = self._engine(new.policyd)
         except (ConfigError, ValueError) as exc:
             self.metrics.reloads.labels(result="error").inc()
@@ -209,7 +219,7 @@ class PolicyService:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let connections finish their request, release state."""
-        for task in (self._refresher, self._follower):
+        for task in (self._refresher, self._follower, self._dir_task):
             if task is not None:
                 task.cancel()
         if self.net:
@@ -245,6 +255,47 @@ class PolicyService:
             except Exception:  # never let housekeeping die
                 log.exception("housekeeping_failed")
             await asyncio.sleep(2.0)
+
+    async def _refresh_directory(self) -> None:
+        """Keep per-mailbox and per-domain overrides from the directory in force."""
+        while True:
+            try:
+                found = await asyncio.to_thread(fetch_overrides, self.config.directory)
+            except FileNotFoundError as exc:  # no directory (yet): pfm.toml limits only
+                if not self._dir_failing:
+                    log.info("directory_not_found", error=str(exc))
+                self._dir_failing = True
+            except Exception as exc:  # any directory trouble: keep what is in force
+                self.metrics.directory_errors.inc()
+                if not self._dir_failing:
+                    log.warning(
+                        "directory_unavailable",
+                        error=str(exc) or type(exc).__name__,
+                        kept="last overrides read" if self.dir_found else "pfm.toml overrides",
+                    )
+                self._dir_failing = True
+            else:
+                if self._dir_failing:
+                    log.info("directory_recovered")
+                self._dir_failing = False
+                if found != self.dir_found:
+                    self.apply_directory_overrides(found)
+            await asyncio.sleep(float(self.cfg.directory_refresh))
+
+    def apply_directory_overrides(self, found: Found) -> None:
+        """Compile the configured limits plus ``found`` into a new engine and swap it in."""
+        base = self.config.policyd
+        merged, skipped = merge_overrides(base, found)
+        engine = self._engine(merged)
+        engine.exempt = self.engine.exempt
+        self.cfg, self.engine, self.dir_found = merged, engine, found
+        for why in skipped:
+            log.warning("directory_override_skipped", reason=why)
+        log.info(
+            "directory_limits_loaded",
+            subjects=sum(len(v) for v in found.values()),
+            skipped=len(skipped),
+        )
 
     def _reject_connection(self, transport: asyncio.BaseTransport) -> None:
         self.metrics.rejected_connections.inc()

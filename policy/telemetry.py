@@ -104,6 +104,11 @@ class PolicyMetrics:
             "Decisions made on the local fallback store while the primary store was down.",
             registry=registry,
         )
+        self.directory_errors = Counter(
+            "pfm_policyd_directory_errors",
+            "Failed reads of per-mailbox/per-domain limit overrides from the directory.",
+            registry=registry,
+        )
         self.store_up = Gauge(
             "pfm_policyd_store_up", "1 when the primary state store answers.", registry=registry
         )

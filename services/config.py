@@ -237,6 +237,8 @@ class PolicydConfig:
     log_decisions: Literal["all", "actions", "none"] = "all"
     maillog: str = ""
     maillog_poll: Duration = Duration(0.25)
+    directory_limits: bool = True
+    directory_refresh: Duration = Duration(60)
     allow: AllowList = AllowList()
     limits: Mapping[str, LimitConfig] = field(default_factory=dict)
 
@@ -262,13 +264,44 @@ class DirectoryConfig:
 
     backend: Literal["sqlite", "ldap"] = "sqlite"
     path: str = "/var/lib/pfm/directory.db"
-    password_scheme: Literal["ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT"] = "ARGON2ID"
+    password_scheme: Literal["ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT"] = "ARGON2ID"  # noqa: S105
     rehash_on_login: bool = True
     revoke_app_passwords_on_passwd: bool = True
     dkim_dir: str = "/var/lib/pfm/dkim"
     backup_dir: str = "/var/backups/pfm"
     mail_root: str = "/var/vmail"
     ldap: LdapConfig = LdapConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """``[dns]``: the DNS records ``pfm dns records`` proposes and how DKIM keys are made.
+
+    Empty strings mean "derive": ``mx_hosts`` -> ``mail.DOMAIN``, ``spf`` -> ``v=spf1 mx -all``.
+    ``{domain}`` in ``mx_hosts``, ``spf``, ``dmarc_*`` and ``tls_rpt_rua`` is the mail domain.
+    """
+
+    ttl: int = 3600
+    mx_hosts: tuple[str, ...] = ()
+    mx_priority: int = 10
+    spf: str = ""
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
+    dmarc_rua: str = "postmaster@{domain}"
+    dmarc_ruf: str = ""
+    mta_sts_mode: Literal["testing", "enforce", "none"] = "testing"
+    mta_sts_max_age: Duration = Duration(604800)
+    tls_rpt_rua: str = "postmaster@{domain}"
+    dkim_algorithm: Literal["rsa", "ed25519"] = "rsa"
+    dkim_rsa_bits: int = 2048
+    dkim_selector_format: str = "s%Y%m"
+    dkim_retire_after: Duration = Duration(7 * 86400)
+
+
+@dataclass(frozen=True, slots=True)
+class PostfixConfig:
+    """``[postfix]``: the Postfix instance ``pfm queue`` manages."""
+
+    config_dir: str = "/etc/postfix"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +312,8 @@ class Config:
     redis: RedisConfig = RedisConfig()
     policyd: PolicydConfig = PolicydConfig()
     directory: DirectoryConfig = DirectoryConfig()
+    dns: DnsConfig = DnsConfig()
+    postfix: PostfixConfig = PostfixConfig()
     source: str = ""
 
 

@@ -53,12 +53,16 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def open_backend(cfg: DirectoryConfig) -> Backend:
-    """The configured backend (imported lazily: the CLI must start fast)."""
+def open_backend(cfg: DirectoryConfig, *, create: bool = True) -> Backend:
+    """The configured backend (imported lazily: the CLI must start fast).
+
+    ``create=False`` (daemons that only read) refuses a SQLite file that does not exist
+    instead of creating an empty directory.
+    """
     if cfg.backend == "ldap":
         from .ldap import LdapBackend
 
         return LdapBackend(cfg.ldap)
     from .sqlite import SqliteBackend
 
-    return SqliteBackend(cfg.path)
+    return SqliteBackend(cfg.path, create=create)

@@ -112,7 +112,7 @@ class Directory:
         actor: str = "unknown",
         password_scheme: str = "ARGON2ID",  # noqa: S107 - a scheme name
         revoke_app_passwords_on_passwd: bool = True,
-        known_limits: Collection[str] | None = None,
+        known_limits: Mapping[str, Any] | Collection[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
@@ -170,14 +170,30 @@ class Directory:
     def _check_limits(
         self, limits: Mapping[str, Sequence[str] | str]
     ) -> dict[str, tuple[str, ...]]:
+        """Valid windows for configured limits (and their periods, when the config is known)."""
+        from services.config import Window
+
         out: dict[str, tuple[str, ...]] = {}
         for name, windows in limits.items():
-            if self.known_limits is not None and name not in self.known_limits:
-                known = ", ".join(sorted(self.known_limits)) or "none configured"
+            known = self.known_limits
+            if known is not None and name not in known:
+                names = ", ".join(sorted(known)) or "none configured"
                 raise InvalidInput(
-                    "limit", f"no limit named {name!r} in [policyd.limits] ({known})"
+                    "limit", f"no limit named {name!r} in [policyd.limits] ({names})"
                 )
-            out[name] = validate_windows(windows, f"limit {name}")
+            checked = validate_windows(windows, f"limit {name}")
+            lim = known.get(name) if isinstance(known, Mapping) else None
+            spans = {w.seconds for w in getattr(lim, "windows", ())}
+            if spans and checked:
+                periods = {Window.parse(w).seconds for w in checked}
+                if periods - spans:
+                    allowed = ", ".join(
+                        str(w).split("/", 1)[1] for w in getattr(lim, "windows", ())
+                    )
+                    raise InvalidInput(
+                        f"limit {name}", f"windows must use the limit's periods ({allowed})"
+                    )
+            out[name] = checked
         return out
 
     # ------------------------------------------------------------------ domains
