@@ -270,6 +270,8 @@ class DirectoryConfig:
     dkim_dir: str = "/var/lib/pfm/dkim"
     backup_dir: str = "/var/backups/pfm"
     mail_root: str = "/var/vmail"
+    mail_uid: int = 5000  # owner of the Maildirs (Postfix virtual_uid_maps, Dovecot uid)
+    mail_gid: int = 5000
     ldap: LdapConfig = LdapConfig()
 
 
