@@ -409,7 +409,9 @@ class Directory:
         v = passwords.verify_password(password, mb.password_hash, self.password_scheme)
         if not (v.ok and v.needs_rehash):
             return False
-        new = dataclasses.replace(mb, password_hash=self._hash(password), modified=self.clock())
+        # hash_password, not _hash: a legacy password may not meet today's rules for new ones
+        rehashed = passwords.hash_password(password, self.password_scheme)
+        new = dataclasses.replace(mb, password_hash=rehashed, modified=self.clock())
         self._commit("mailbox.rehash", mb.address, [Replace(new)], mb, new, False)
         return True
 
