@@ -79,7 +79,9 @@ def normalize_domain(value: str, field_name: str = "domain") -> str:
         try:
             name = idna.encode(name, uts46=True).decode("ascii")
         except (idna.IDNAError, UnicodeError) as exc:
-            raise InvalidInput(field_name, f"{value!r} is not a valid domain name ({exc})") from None
+            raise InvalidInput(
+                field_name, f"{value!r} is not a valid domain name ({exc})"
+            ) from None
     name = name.lower()
     labels = name.split(".")
     if len(labels) < 2:
