@@ -208,51 +208,43 @@ class Directory:
         self,
         name: str,
         *,
-        description: str = "",
-        max_mailboxes: int = 0,
-        max_aliases: int = 0,
-        default_quota: int = 0,
-        active: bool = True,
+        description: str | None = None,
+        max_mailboxes: int | None = None,
+        max_aliases: int | None = None,
+        default_quota: int | None = None,
+        active: bool | None = None,
         ensure: bool = False,
         dry_run: bool = False,
     ) -> Result:
+        """Add a domain. ``None`` means "not given": the default on create, kept on ensure."""
         dname = normalize_domain(name)
-        for fname, v in (
-            ("max_mailboxes", max_mailboxes),
-            ("max_aliases", max_aliases),
-            ("default_quota", default_quota),
-        ):
-            if v < 0:
+        given: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("description", description),
+                ("max_mailboxes", max_mailboxes),
+                ("max_aliases", max_aliases),
+                ("default_quota", default_quota),
+                ("active", active),
+            )
+            if v is not None
+        }
+        for fname in ("max_mailboxes", "max_aliases", "default_quota"):
+            if given.get(fname, 0) < 0:
                 raise InvalidInput(fname, "must be 0 (no limit) or more")
         if self.backend.get_alias_domain(dname) is not None:
             raise Conflict(f"{dname} is an alias domain; remove it first (pfm alias-domain remove)")
         now = self.clock()
         old = self.backend.get_domain(dname)
-        want = Domain(
-            name=dname,
-            active=active,
-            description=description,
-            max_mailboxes=max_mailboxes,
-            max_aliases=max_aliases,
-            default_quota=default_quota,
-            created=now,
-            modified=now,
-        )
         if old is not None:
             if not ensure:
                 raise AlreadyExists(f"domain {dname} exists already")
-            new = dataclasses.replace(
-                old,
-                active=active,
-                description=description,
-                max_mailboxes=max_mailboxes,
-                max_aliases=max_aliases,
-                default_quota=default_quota,
-            )
+            new = dataclasses.replace(old, **given)
             if new == old:
                 return self._commit("domain.add", dname, [], old, old, dry_run, "unchanged")
             new = dataclasses.replace(new, modified=now)
             return self._commit("domain.update", dname, [Replace(new)], old, new, dry_run)
+        want = Domain(name=dname, created=now, modified=now, **given)
         return self._commit("domain.add", dname, [Create(want)], None, want, dry_run)
 
     def update_domain(self, name: str, *, dry_run: bool = False, **changes: Any) -> Result:
@@ -323,13 +315,17 @@ class Directory:
         *,
         password: str | None = None,
         password_hash: str | None = None,
-        name: str = "",
+        name: str | None = None,
         quota: int | None = None,
-        active: bool = True,
+        active: bool | None = None,
         ensure: bool = False,
         dry_run: bool = False,
     ) -> Result:
-        """Add a mailbox; exactly one of ``password`` and ``password_hash`` (an import)."""
+        """Add a mailbox; exactly one of ``password`` and ``password_hash`` (an import).
+
+        ``None`` means "not given": the default on create (the domain's default quota), kept
+        as it is on ensure.
+        """
         addr = normalize_address(address)
         if (password is None) == (password_hash is None):
             raise InvalidInput("password", "give a password or an existing password hash")
@@ -357,9 +353,9 @@ class Directory:
             mb = Mailbox(
                 address=addr,
                 password_hash=hashed,
-                name=name,
+                name=name or "",
                 quota=dom.default_quota if quota is None else quota,
-                active=active,
+                active=True if active is None else active,
                 password_changed=now,
                 created=now,
                 modified=now,
@@ -367,7 +363,10 @@ class Directory:
             return self._commit("mailbox.add", addr, [Create(mb)], None, mb, dry_run)
         # ensure: converge on the requested values, keeping a hash that already matches
         new = dataclasses.replace(
-            old, name=name, active=active, quota=old.quota if quota is None else quota
+            old,
+            name=old.name if name is None else name,
+            active=old.active if active is None else active,
+            quota=old.quota if quota is None else quota,
         )
         if password_hash is not None:
             new = dataclasses.replace(new, password_hash=password_hash)
@@ -582,8 +581,10 @@ class Directory:
             return self.get_mailbox(text)
         return self.get_domain(text.lstrip("@"))
 
-    def show_limits(self, subject: str) -> LimitOverrides:
-        return self._subject(subject).limits
+    def show_limits(self, subject: str) -> tuple[str, LimitOverrides]:
+        """The stored key of a mailbox or domain subject, and its overrides."""
+        obj = self._subject(subject)
+        return key_of(obj), obj.limits
 
     def set_limit(
         self, subject: str, limit: str, windows: Sequence[str] | str, *, dry_run: bool = False

@@ -38,24 +38,23 @@ def register(sub: Any) -> None:
         formatter_class=fmt,
     )
     a.add_argument("domain", metavar="DOMAIN")
-    a.add_argument("--description", default="", help="free text shown in listings")
+    a.add_argument("--description", help="free text shown in listings")
     a.add_argument(
-        "--max-mailboxes", type=common.count_arg, default=0, metavar="N", help="cap (0 = no cap)"
+        "--max-mailboxes", type=common.count_arg, metavar="N", help="cap (0 = no cap, the default)"
     )
     a.add_argument(
-        "--max-aliases", type=common.count_arg, default=0, metavar="N", help="cap (0 = no cap)"
+        "--max-aliases", type=common.count_arg, metavar="N", help="cap (0 = no cap, the default)"
     )
     a.add_argument(
         "--default-quota",
-        default="0",
         metavar="SIZE",
-        help="quota of new mailboxes: 2G, 500M, 0 = unlimited",
+        help="quota of new mailboxes: 2G, 500M, 0 = unlimited (the default)",
     )
     a.add_argument("--disabled", action="store_true", help="add it disabled (receives no mail)")
     a.add_argument(
         "--ensure",
         action="store_true",
-        help="idempotent: succeed if it exists, bringing it to these values",
+        help="idempotent: succeed if it exists, changing only the values given here",
     )
     common.add_output_flags(a)
     a.set_defaults(func=cmd_add)
@@ -107,8 +106,8 @@ def cmd_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             description=args.description,
             max_mailboxes=args.max_mailboxes,
             max_aliases=args.max_aliases,
-            default_quota=common.size_value(args.default_quota, "default_quota") or 0,
-            active=not args.disabled,
+            default_quota=common.size_value(args.default_quota, "default_quota"),
+            active=False if args.disabled else None,
             ensure=args.ensure,
             dry_run=args.dry_run,
         ),

@@ -76,9 +76,8 @@ def cmd_set(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with common.open_directory(args, environ, read_only=True) as d:
-        limits = d.show_limits(args.subject)
+        subject, limits = d.show_limits(args.subject)
     data = {name: list(windows) for name, windows in sorted(limits.items())}
-    subject = _subject_key(args.subject)
     if args.json:
         common.print_json({"subject": subject, "limits": data})
         return OK
@@ -93,16 +92,6 @@ def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         [(name, ", ".join(w) if w else "unlimited") for name, w in data.items()],
     )
     return OK
-
-
-def _subject_key(subject: str) -> str:
-    """The stored key of a SUBJECT (already validated by the operation that read it)."""
-    from services.directory.model import normalize_address, normalize_domain
-
-    text = subject.strip()
-    if "@" in text and not text.startswith("@"):
-        return normalize_address(text)
-    return normalize_domain(text.lstrip("@"))
 
 
 def cmd_clear(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

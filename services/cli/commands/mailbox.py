@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
         formatter_class=fmt,
     )
     a.add_argument("address", metavar="ADDRESS")
-    a.add_argument("--name", default="", help="display name")
+    a.add_argument("--name", help="display name")
     a.add_argument(
         "--quota", metavar="SIZE", help="2G, 500M, 0 = unlimited (default: the domain's)"
     )
@@ -136,7 +136,7 @@ def cmd_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             password_hash=password_hash,
             name=args.name,
             quota=quota,
-            active=not args.disabled,
+            active=False if args.disabled else None,
             ensure=args.ensure,
             dry_run=args.dry_run,
         ),
