@@ -39,6 +39,7 @@ test: $(STAMP) deps
 
 bench: $(STAMP) deps
 	$(PY) tests/bench/bench_policy.py
+	$(PY) tests/bench/bench_directory.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
