@@ -8,16 +8,48 @@ import sys
 from collections.abc import Sequence
 
 from . import exitcodes
-from .commands import policy
+from .commands import (
+    admin,
+    alias,
+    alias_domain,
+    audit,
+    backup,
+    completion,
+    config,
+    dns,
+    domain,
+    limit,
+    mailbox,
+    policy,
+    queue,
+    transfer,
+)
 
-GROUPS = (policy,)
+GROUPS = (
+    domain,
+    mailbox,
+    alias,
+    alias_domain,
+    limit,
+    admin,
+    audit,
+    policy,
+    queue,
+    dns,
+    transfer,
+    backup,
+    config,
+    completion,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pfm",
         description="Postfix Manager admin CLI.",
-        epilog="exit codes: 0 ok, 1 failure, 2 usage, 69 service unavailable, 78 bad config.",
+        epilog="exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 5 exists already, "
+        "6 conflict (e.g. domain not empty, alias loop), 65 invalid input, "
+        "69 service unavailable, 75 directory temporarily unavailable, 78 bad config.",
     )
     p.add_argument(
         "-c",
@@ -42,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (``pfm audit | head``): stop quietly, as Unix tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return exitcodes.BROKEN_PIPE
 
 
 def run() -> None:
