@@ -12,6 +12,7 @@ from .commands import (
     admin,
     alias,
     alias_domain,
+    app_password,
     audit,
     backup,
     completion,
@@ -22,6 +23,7 @@ from .commands import (
     mailbox,
     policy,
     queue,
+    totp,
     transfer,
 )
 
@@ -31,6 +33,8 @@ GROUPS = (
     alias,
     alias_domain,
     limit,
+    totp,
+    app_password,
     admin,
     audit,
     policy,
