@@ -264,6 +264,9 @@ class DirectoryConfig:
 
     backend: Literal["sqlite", "ldap"] = "sqlite"
     path: str = "/var/lib/pfm/directory.db"
+    # secret-free copy of the lookup tables for Postfix/Dovecot; "" = <path stem>.maps.db
+    maps_path: str = ""
+    maps_group: str = "postfix"  # group given read access (0640) to the maps file
     password_scheme: Literal["ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT"] = "ARGON2ID"  # noqa: S105
     rehash_on_login: bool = True
     revoke_app_passwords_on_passwd: bool = True

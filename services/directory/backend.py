@@ -65,4 +65,6 @@ def open_backend(cfg: DirectoryConfig, *, create: bool = True) -> Backend:
         return LdapBackend(cfg.ldap)
     from .sqlite import SqliteBackend
 
-    return SqliteBackend(cfg.path, create=create)
+    return SqliteBackend(
+        cfg.path, create=create, maps_path=cfg.maps_path, maps_group=cfg.maps_group
+    )

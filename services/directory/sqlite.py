@@ -1,10 +1,23 @@
 """The SQLite directory backend (stdlib + model only, so the CLI starts fast).
 
-One file, created ``0600`` (its parent ``0750`` if missing), WAL journal, foreign keys on,
-``synchronous=NORMAL``, a 5 s busy timeout. The schema is versioned and migrated at open
+Two files. The directory itself, created ``0600`` (its parent ``0750`` if missing), holds
+everything including password hashes and TOTP secrets. Beside it, the **maps file**
+(:mod:`.sqlite_maps`, ``0640``, group ``postfix``) holds a secret-free copy of the lookup
+tables for Postfix and Dovecot's userdb, which run as unprivileged users.
+
+Both use the rollback journal (``journal_mode=DELETE``, ``synchronous=FULL``): SQLite commits
+a transaction over a database and its ATTACHed databases atomically (super-journal) only
+outside WAL mode, and a reader with read permission alone can read a rollback-journal file
+(not a WAL one). A directory file still in WAL mode is switched at open.
+
+Foreign keys on, a 5 s busy timeout. The schema is versioned and migrated at open
 (:mod:`.sqlite_schema`). Each thread gets its own connection; :meth:`SqliteBackend.write`
 applies a batch of changes plus their audit entries in one ``BEGIN IMMEDIATE`` transaction,
-all-or-nothing, inserting runs of same-kind changes with ``executemany``.
+all-or-nothing, inserting runs of same-kind changes with ``executemany``; in the same
+transaction it brings the maps rows of every object the batch touched in step and, when any
+lookup row changed, bumps the ``generation`` counter both files carry (a write that changes no
+lookup data, such as a TOTP step or a password, leaves the maps file alone). At open, and at each write, a maps file that is
+missing, replaced, or at another generation is rebuilt from the directory in one transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -40,10 +54,26 @@ from .model import (
     NotFound,
     Replace,
     Unavailable,
+    key_of,
     normalize_alias_source,
     normalize_local_part,
 )
 from .model import normalize_domain as _normalize_domain
+from .sqlite_maps import (
+    BUMP_GENERATION,
+    GENERATIONS,
+    MAPS_APPLICATION_ID,
+    MAPS_FORMAT_VERSION,
+    SCHEMA,
+    SCHEMA_STATEMENTS,
+    TABLES,
+    TABLES_OF_KIND,
+    create_maps_file,
+    give_folder_to_group,
+    group_id,
+    resolve_maps_path,
+    unreachable_by_group,
+)
 from .sqlite_rows import AUDIT_COLUMNS, KIND_LABEL, SPECS, Row, TableSpec, audit_entry, audit_row
 from .sqlite_rows import parent_key as _parent_key
 from .sqlite_schema import migrate
@@ -147,21 +177,42 @@ class _GroupFailed(Exception):
 
 
 class SqliteBackend:
-    """The directory in one SQLite file; see the module docstring."""
+    """The directory in one SQLite file plus its maps file; see the module docstring.
+
+    ``maps_path`` None or "" means ``<path without .db/.sqlite>.maps.db``; ``maps_group``
+    None means ``postfix``, "" leaves the group alone. Problems setting the maps file's
+    group are logged (stdlib logger ``pfm.directory``) and kept in :attr:`maps_warnings`,
+    never raised.
+    """
 
     kind = "sqlite"
 
-    def __init__(self, path: str, *, create: bool = True, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        create: bool = True,
+        maps_path: str | None = None,
+        maps_group: str | None = None,
+        busy_timeout: float = 5.0,
+    ) -> None:
         self.path = str(path)
+        self.maps_path = resolve_maps_path(self.path, maps_path)
+        self.maps_group = "postfix" if maps_group is None else maps_group
+        self.maps_warnings: list[str] = []
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._local = threading.local()
         self._conns: dict[int, tuple[threading.Thread, sqlite3.Connection]] = {}
         self._closed = False
+        if os.path.realpath(self.maps_path) == os.path.realpath(self.path):
+            raise DirectoryError(f"maps_path {self.maps_path} must differ from the directory path")
         self._prepare_file(create)
         try:
             with self._errors():
-                self.schema_version_found = migrate(self._conn(), self.path)
+                conn = self._conn()
+                self.schema_version_found = migrate(conn, self.path)
+                self._ensure_maps(conn)
         except BaseException:
             self.close()
             raise
@@ -177,6 +228,8 @@ class SqliteBackend:
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 os.makedirs(parent, mode=0o750, exist_ok=True)
+                if os.path.dirname(os.path.abspath(self.maps_path)) == parent:
+                    give_folder_to_group(parent, self.maps_group)  # so it reaches the maps
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
         except FileExistsError:
@@ -216,16 +269,166 @@ class SqliteBackend:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
             conn.execute("PRAGMA foreign_keys = ON")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise DirectoryError(f"{self.path}: cannot switch to WAL journal (got {mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            self._leave_wal(conn, "main", self.path)
+            conn.execute("PRAGMA synchronous = FULL")
+            # no spilling of a big batch to the files before COMMIT: a spill takes the
+            # EXCLUSIVE lock early and would lock Postfix out of the maps file meanwhile
+            conn.execute("PRAGMA cache_spill = OFF")
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise self._translate(exc) from None
             raise
         return conn
+
+    def _leave_wal(self, conn: sqlite3.Connection, schema: str, path: str) -> None:
+        """Put ``schema`` in rollback-journal mode (a no-op unless it is a WAL file)."""
+        mode = str(conn.execute(f"PRAGMA {schema}.journal_mode").fetchone()[0]).lower()
+        if mode == "delete":
+            return
+        try:
+            mode = str(conn.execute(f"PRAGMA {schema}.journal_mode = DELETE").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise Unavailable(
+                    f"{path} is in {mode.upper()} mode and open in another process: stop the "
+                    "pfm daemons using it and retry, to switch it to the rollback journal"
+                ) from None
+            raise
+        if mode != "delete":
+            raise DirectoryError(f"{path}: cannot switch to the rollback journal (got {mode})")
+
+    # ------------------------------------------------------------------ the maps file
+
+    def _ensure_maps(self, conn: sqlite3.Connection) -> None:
+        """Attach the maps file to ``conn`` (creating it if missing); re-attach if replaced.
+
+        A new, replaced or out-of-step maps file is rebuilt before this returns.
+        """
+        ident = _file_identity(self.maps_path)
+        attached = getattr(self._local, "maps_ident", None)
+        if ident is not None and ident == attached:
+            return
+        try:
+            if attached is not None:
+                self._local.maps_ident = None
+                conn.execute(f"DETACH DATABASE {SCHEMA}")
+            if ident is None:
+                self._warn(create_maps_file(self.maps_path, self.maps_group), logging.WARNING)
+                gid = group_id(self.maps_group)
+                if gid is not None:  # worth knowing, but test and chroot setups trip it
+                    self._warn(unreachable_by_group(self.maps_path, gid), logging.INFO)
+                ident = _file_identity(self.maps_path)
+            conn.execute(f"ATTACH DATABASE ? AS {SCHEMA}", (self.maps_path,))
+            self._local.maps_ident = ident
+            self._leave_wal(conn, SCHEMA, self.maps_path)
+            conn.execute(f"PRAGMA {SCHEMA}.synchronous = FULL")
+            app_id = int(conn.execute(f"PRAGMA {SCHEMA}.application_id").fetchone()[0])
+            if app_id == MAPS_APPLICATION_ID and self._maps_in_step(conn):
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._rebuild(conn, force=False)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and (
+                "locked" in str(exc) or "busy" in str(exc)
+            ):
+                raise
+            raise DirectoryError(f"maps database {self.maps_path}: {exc}") from None
+
+    def _warn(self, warnings: list[str], level: int) -> None:
+        # stdlib logging: stderr unless the daemon routed it; never the CLI's stdout
+        log = logging.getLogger("pfm.directory")
+        for text in warnings:
+            self.maps_warnings.append(text)
+            log.log(level, "maps file: %s", text)
+
+    @staticmethod
+    def _maps_in_step(conn: sqlite3.Connection) -> bool:
+        try:
+            main_gen, maps_gen = conn.execute(GENERATIONS).fetchone()
+        except sqlite3.OperationalError:  # a maps file without our tables
+            return False
+        return main_gen is not None and main_gen == maps_gen
+
+    def _rebuild(self, conn: sqlite3.Connection, *, force: bool) -> None:
+        """Inside a write transaction: (re)create the maps schema if needed and copy every row.
+
+        Without ``force`` nothing is copied when the generations already agree (another
+        process rebuilt it meanwhile).
+        """
+        app_id = int(conn.execute(f"PRAGMA {SCHEMA}.application_id").fetchone()[0])
+        version = int(conn.execute(f"PRAGMA {SCHEMA}.user_version").fetchone()[0])
+        tables = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT name FROM {SCHEMA}.sqlite_master WHERE type = 'table' "  # noqa: S608
+                "AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if app_id not in (0, MAPS_APPLICATION_ID) or (app_id == 0 and tables):
+            raise DirectoryError(
+                f"{self.maps_path} is an SQLite database of some other application, not a pfm "
+                "maps file; refusing to overwrite it (set [directory] maps_path)"
+            )
+        fresh = app_id == 0 or version != MAPS_FORMAT_VERSION or tables != {*TABLES, "meta"}
+        if fresh:
+            for name in sorted(tables):
+                conn.execute(f"DROP TABLE {SCHEMA}.{name}")
+            for statement in SCHEMA_STATEMENTS:
+                conn.execute(statement)
+        elif not force and self._maps_in_step(conn):
+            return
+        for table in TABLES.values():
+            conn.execute(f"DELETE FROM {SCHEMA}.{table.name}")  # noqa: S608
+            conn.execute(table.copy_all)
+        conn.execute(BUMP_GENERATION[1])
+
+    def rebuild_maps(self) -> None:
+        """Copy the whole maps file afresh from the directory, in one transaction."""
+        with self._errors():
+            conn = self._conn()
+            self._ensure_maps(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._rebuild(conn, force=True)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _sync_maps(conn: sqlite3.Connection, batch: list[Change]) -> None:
+        """Bring the maps rows of every object ``batch`` touched in step with the directory.
+
+        Rows that vanished or differ are deleted, missing ones copied; a row equal on both
+        sides is not written, so a write that changes no lookup data (a TOTP step, a password)
+        leaves the maps file untouched and never locks Postfix out of it.
+        """
+        keys: dict[str, dict[str, None]] = {}
+        for change in batch:
+            if isinstance(change, Delete):
+                kind, key = change.kind, change.key
+            else:
+                kind, key = KIND_OF[type(change.obj)], key_of(change.obj)
+            for name in TABLES_OF_KIND.get(kind, ()):
+                keys.setdefault(name, {})[key] = None
+        if not keys:
+            return
+        before = conn.total_changes
+        for name, table_keys in keys.items():
+            table, rows = TABLES[name], [(k,) for k in table_keys]
+            conn.executemany(table.delete_stale, rows)
+            conn.executemany(table.insert_missing, rows)
+        if conn.total_changes != before:
+            for statement in BUMP_GENERATION:
+                conn.execute(statement)
 
     def _reap_dead_threads(self) -> None:
         """Close connections of threads that ended (called with the lock held)."""
@@ -396,8 +599,10 @@ class SqliteBackend:
             return
         with self._errors():
             conn = self._conn()
+            self._ensure_maps(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
+                in_step = self._maps_in_step(conn)
                 for group in _groups(batch):
                     self._apply_group(conn, group)
                 if audit_rows:
@@ -406,6 +611,10 @@ class SqliteBackend:
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         audit_rows,
                     )
+                if in_step:
+                    self._sync_maps(conn, batch)
+                else:  # replaced by an old copy, or written by something else: start over
+                    self._rebuild(conn, force=True)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -533,6 +742,14 @@ class SqliteBackend:
             f"domain {name} still has {counts[0]} mailbox(es), {counts[1]} alias(es) and "
             f"{counts[2]} alias domain(s); remove them first"
         )
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _groups(changes: list[Change]) -> Iterator[list[Change]]:

@@ -8,7 +8,8 @@ SQLite file that belongs to some other application.
 Column names are chosen so that Postfix ``sqlite:`` maps and Dovecot's SQL userdb can query
 the tables directly: ``active`` is always ``0``/``1``, mailboxes and aliases carry their
 ``domain`` and ``local_part`` next to the full ``address``, alias targets are one row each
-(Postfix joins several result rows with commas itself).
+(Postfix joins several result rows with commas itself). Postfix and Dovecot read the
+secret-free copy of those tables in the maps file (:mod:`.sqlite_maps`), not this file.
 """
 
 from __future__ import annotations
@@ -113,6 +114,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
         """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    ),
+    # 2: a generation counter, bumped by every write that changes lookup data, so the
+    # secret-free maps file (:mod:`.sqlite_maps`) can tell whether it is in step
+    (
+        """CREATE TABLE meta (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO meta (id, generation) VALUES (1, 0)",
     ),
 )
 

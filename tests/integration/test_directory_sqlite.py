@@ -35,16 +35,16 @@ def mode_of(path: Path) -> int:
 
 
 def test_new_file_is_private(tmp_path: Path) -> None:
-    """A new directory file (and its WAL files) is 0600 and a missing parent is made 0750."""
+    """A new directory file is 0600, uses no WAL side files, and a missing parent is 0750."""
     path = tmp_path / "var" / "pfm" / "directory.sqlite"
-    b = SqliteBackend(str(path))
+    b = SqliteBackend(str(path), maps_group="")
     try:
         b.write([Create(Domain("example.org"))], [])
         assert mode_of(path) == 0o600
         assert mode_of(path.parent) == 0o750
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(path) + suffix)
-            assert side.exists() and mode_of(side) == 0o600
+        for suffix in ("-wal", "-shm", "-journal"):
+            assert not Path(str(path) + suffix).exists()
+        assert mode_of(path.parent / "directory.maps.db") == 0o640
     finally:
         b.close()
 
@@ -61,13 +61,14 @@ def test_private_mode_holds_under_a_loose_umask(tmp_path: Path) -> None:
 
 
 def test_pragmas_are_set(tmp_path: Path) -> None:
-    """Connections use WAL, foreign keys, synchronous=NORMAL and a 5 s busy timeout."""
+    """Connections use the rollback journal, foreign keys, synchronous=FULL, a 5 s timeout."""
     b = SqliteBackend(str(tmp_path / "d.sqlite"))
     try:
         conn = b._conn()
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA cache_spill").fetchone()[0] == 0
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     finally:
         b.close()
