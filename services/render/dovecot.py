@@ -12,6 +12,7 @@ virtual(8) delivers (``virtual_mailbox_maps`` answers ``DOMAIN/LOCALPART/``).
 from __future__ import annotations
 
 from services.config import DirectoryConfig
+from services.directory.sqlite_maps import resolve_maps_path
 
 from . import Rendered, RenderedFile
 
@@ -118,7 +119,7 @@ def render_dovecot(
             f"{_HEADER}"
             "# Needs the Debian package dovecot-sqlite; Dovecot reads the directory read-only.\n"
             "driver = sqlite\n"
-            f"connect = {directory.path}\n"
+            f"connect = {resolve_maps_path(directory.path, directory.maps_path)}\n"
             f"user_query = {user_query(directory)}\n"
             f"iterate_query = {ITERATE_QUERY}\n"
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from services.config import DirectoryConfig, LdapConfig
+from services.directory.sqlite_maps import resolve_maps_path
 
 from . import Rendered, RenderedFile
 
@@ -235,7 +236,7 @@ def main_cf_lines(
     """``(parameter, value)`` pairs for main.cf, in order."""
     kind = directory.backend
     params = [
-        (name, ", ".join(f"{kind}:{map_dir}/{f}" for f in files))
+        (name, ", ".join(f"proxy:{kind}:{map_dir}/{f}" for f in files))
         for name, files in PARAMETERS.items()
     ]
     params += [
@@ -304,8 +305,10 @@ def render_postfix(
                 secret=secret,
             )
     else:
+        # the secret-free maps file, never the directory itself (hashes, 0600)
+        dbpath = resolve_maps_path(directory.path, directory.maps_path)
         for name, query in SQL_MAPS.items():
-            files[name] = RenderedFile(_sqlite_map(directory.path, query))
+            files[name] = RenderedFile(_sqlite_map(dbpath, query))
     files[SNIPPET] = RenderedFile(
         _snippet(main_cf_lines(directory, map_dir, policy), directory.backend)
     )

@@ -108,7 +108,7 @@ def test_postconf_accepts_snippet(rendered: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert f"virtual_mailbox_maps = sqlite:{rendered}/virtual_mailbox_maps.cf" in proc.stdout
+    assert f"virtual_mailbox_maps = proxy:sqlite:{rendered}/virtual_mailbox_maps.cf" in proc.stdout
 
 
 def _config(tmp_path: Path, db: Path) -> Path:

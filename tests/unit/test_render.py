@@ -247,16 +247,16 @@ def test_postfix_sqlite_render_golden() -> None:
     assert set(files) == {*SQL_MAPS, "main.cf.snippet"}
     text = files["virtual_mailbox_domains.cf"].text
     assert text.splitlines()[1:] == [
-        "dbpath = /var/lib/pfm/directory.db",
+        "dbpath = /var/lib/pfm/directory.maps.db",
         "query = SELECT name FROM domains WHERE name = '%s' AND active = 1",
     ]
     params = parse_snippet(files["main.cf.snippet"].text)
-    assert params["virtual_mailbox_domains"] == "sqlite:/etc/postfix/pfm/virtual_mailbox_domains.cf"
-    assert params["virtual_alias_domains"] == "sqlite:/etc/postfix/pfm/virtual_alias_domains.cf"
+    assert params["virtual_mailbox_domains"] == "proxy:sqlite:/etc/postfix/pfm/virtual_mailbox_domains.cf"
+    assert params["virtual_alias_domains"] == "proxy:sqlite:/etc/postfix/pfm/virtual_alias_domains.cf"
     assert params["virtual_alias_maps"] == (
-        "sqlite:/etc/postfix/pfm/virtual_alias_maps.cf, "
-        "sqlite:/etc/postfix/pfm/virtual_alias_mailbox_maps.cf, "
-        "sqlite:/etc/postfix/pfm/virtual_alias_domain_maps.cf"
+        "proxy:sqlite:/etc/postfix/pfm/virtual_alias_maps.cf, "
+        "proxy:sqlite:/etc/postfix/pfm/virtual_alias_mailbox_maps.cf, "
+        "proxy:sqlite:/etc/postfix/pfm/virtual_alias_domain_maps.cf"
     )
     assert params["virtual_mailbox_base"] == "/var/vmail"
     assert params["virtual_uid_maps"] == "static:5000"
@@ -316,7 +316,7 @@ def test_dovecot_sqlite_render_golden() -> None:
     assert "driver = sql\n  args = /etc/dovecot/pfm/dovecot-sql.conf.ext\n" in auth
     sql = files["dovecot-sql.conf.ext"].text.splitlines()
     assert "driver = sqlite" in sql
-    assert "connect = /var/lib/pfm/directory.db" in sql
+    assert "connect = /var/lib/pfm/directory.maps.db" in sql
     assert any(line.startswith("user_query = SELECT ") for line in sql)
 
 
