@@ -40,6 +40,7 @@ test: $(STAMP) deps
 bench: $(STAMP) deps
 	$(PY) tests/bench/bench_policy.py
 	$(PY) tests/bench/bench_directory.py
+	$(PY) tests/bench/bench_metricsd_parse.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""pfm-metricsd: a Prometheus exporter for Postfix and Dovecot logs and the mail queue."""

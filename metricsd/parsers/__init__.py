@@ -1,0 +1,1 @@
+"""Pure parsers for Postfix, Dovecot and syslog log lines."""
