@@ -1,0 +1,1 @@
+"""pfm-authd: Dovecot authentication against the directory (wire format, checkpassword shim)."""
