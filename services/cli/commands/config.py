@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +13,14 @@ from .. import common
 from ..exitcodes import FAILURE, INVALID, OK, CliError
 
 if TYPE_CHECKING:
+    import subprocess
+
     from services.config import Config
     from services.render import Rendered
 
 DB_HINT = (
-    "chgrp postfix FILE DIR && chmod 0640 FILE && chmod 1770 DIR (SQLite readers need to "
-    "create FILE-shm next to a WAL database; the sticky bit keeps the file itself safe)"
+    "Postfix reads the maps file ([directory] maps_path), never the directory: "
+    "chgrp postfix MAPSFILE DIR && chmod 0640 MAPSFILE && chmod 0750 DIR"
 )
 
 DEFAULT_OUT = {"postfix": "/etc/postfix/pfm", "dovecot": "/etc/dovecot/pfm"}
@@ -154,6 +152,8 @@ class Report:
 
 
 def _run(cmd: list[str], user: str | None = None) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     extra: dict[str, Any] = {}
     if user:
         extra = {"user": user, "group": user, "extra_groups": []}
@@ -174,6 +174,8 @@ def _postfix_user() -> str | None:
 
 
 def _which(name: str) -> str | None:
+    import shutil
+
     return shutil.which(name) or shutil.which(f"/usr/sbin/{name}")
 
 
@@ -230,6 +232,8 @@ def _sample_keys(cfg: Config, report: Report) -> dict[str, tuple[str, str]] | No
 def _check_postfix(
     cfg: Config, report: Report, work: Path, keys: Mapping[str, tuple[str, str]]
 ) -> None:
+    import time
+
     postmap, postconf = _which("postmap"), _which("postconf")
     if not postmap or not postconf:
         report.skip("Postfix checks (postmap/postconf not installed)")
@@ -305,6 +309,8 @@ def _check_dovecot(cfg: Config, report: Report, work: Path) -> None:
 
 
 def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import tempfile
+
     cfg = common.load_cfg(args, environ)
     report = Report()
     report.ok(f"configuration {cfg.source}")

@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.config import Config, ConfigError, config_path, load_config
-
 from ..exitcodes import CONFIG, EXISTS, FAILURE, INVALID, MISMATCH, NOT_FOUND, OK, CliError
 
 if TYPE_CHECKING:
+    from services.config import Config
     from services.dns.dkim import DkimStore
     from services.dns.records import RecordSet
 
@@ -95,6 +94,8 @@ def register(sub: Any) -> None:
 
 
 def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    from services.config import ConfigError, config_path, load_config
+
     try:
         return load_config(config_path(args.config, environ))
     except ConfigError as exc:

@@ -8,8 +8,6 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from services.config import ConfigError, Duration, config_path, load_config
-
 from ..exitcodes import CONFIG, OK, UNAVAILABLE, CliError
 
 
@@ -57,6 +55,8 @@ def register(sub: Any) -> None:
 def _socket_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     if args.socket:
         return str(args.socket)
+    from services.config import ConfigError, config_path, load_config
+
     try:
         cfg = load_config(config_path(args.config, environ))
     except ConfigError as exc:
@@ -154,6 +154,8 @@ def cmd_reset(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_exempt(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from services.config import Duration
+
     try:
         seconds = float(Duration.parse(args.duration))
     except ValueError as exc:
