@@ -26,7 +26,7 @@ $(STAMP): $(PY) pyproject.toml
 venv: $(STAMP)
 
 deps:
-	bash .ci/install-deps core sqlite ldap dovecot
+	bash .ci/install-deps core sqlite ldap dovecot metricsd
 
 run: $(STAMP)
 	@mkdir -p var

@@ -310,6 +310,97 @@ class PostfixConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSourceConfig:
+    """``[[metricsd.sources]]``: one log source of pfm-metricsd.
+
+    ``type = "file"`` follows ``path`` (from its start when ``from_start``); ``"syslog"``
+    receives RFC 3164/5424 datagrams on ``listen`` (``HOST:PORT``); ``"journald"`` reads
+    ``journalctl -o json -f`` for ``units`` (all units when empty).
+    """
+
+    type: Literal["file", "syslog", "journald"]
+    path: str = ""
+    from_start: bool = False
+    poll: Duration = Duration(0.25)
+    listen: str = ""
+    queue_size: int = 10000
+    units: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsdConfig:
+    """``[metricsd]``: the Prometheus exporter for Postfix/Dovecot logs and the queue."""
+
+    listen: str = "127.0.0.1:9154"
+    sources: tuple[MetricsSourceConfig, ...] = (
+        MetricsSourceConfig(type="file", path="/var/log/mail.log"),
+    )
+    postfix_config_dir: str = "/etc/postfix"
+    queue_scrape: bool = True
+    queue_timeout: Duration = Duration(10)
+    queue_cache: Duration = Duration(5)
+    top_domains: int = 20
+    max_sasl_usernames: int = 0
+    dovecot: bool = True
+    max_pending_lines: int = 20000
+    grace: Duration = Duration(5)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthdGuardConfig:
+    """``[authd.guard]``: brute-force guard (maps onto ``authd.guard.GuardConfig``).
+
+    A window ``"5/10m"`` means: 5 *distinct* wrong passwords within 10 minutes block the
+    subject (IP, login, IP+login pair, network prefix) for ``block_time``.
+    """
+
+    enabled: bool = True
+    per_ip: Window = Window(10, 600.0)
+    per_login: Window = Window(5, 600.0)
+    per_ip_login: Window = Window(3, 300.0)
+    per_prefix: Window = Window(30, 600.0)
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+    tarpit_start: Duration = Duration(0.5)
+    tarpit_max: Duration = Duration(8)
+    tarpit_windows: tuple[Literal["ip", "login", "ip_login", "prefix"], ...] = ("ip", "ip_login")
+    block_time: Duration = Duration(900)
+    known_device_time: Duration = Duration(30 * 86400)
+    key_file: str = ""  # HMAC key for failure hashes; share it in a fleet ("" = per process)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthdConfig:
+    """``[authd]``: the Dovecot authentication daemon (pfm-checkpassword, Lua passdb)."""
+
+    # pfm-checkpassword runs as user dovecot: give the socket's directory/group to dovecot
+    # (systemd: Group=dovecot in the unit) and keep mode 0660. inet ("127.0.0.1:10041") too.
+    listen: tuple[str, ...] = ("unix:/run/pfm/authd.sock:0660",)
+    http_listen: str = ""  # reserved: the Lua/HTTP and auth_policy endpoint
+    admin_socket: str = "/run/pfm/authd-admin.sock"
+    metrics_listen: str = "127.0.0.1:9156"
+    state: Literal["memory", "redis"] = "memory"
+    memory_max_keys: int = 100_000
+    verify_workers: int = 0  # threads for hashing and LDAP binds; 0 = number of CPUs
+    verify_timeout: Duration = Duration(8)  # a verification slower than this is a TEMPFAIL
+    verify_cache_ttl: Duration = Duration(300)  # 0 disables the verify cache
+    verify_cache_size: int = 100_000
+    totp_services: tuple[str, ...] = ("imap", "submission", "smtp")
+    totp_issuer: str = "Postfix Manager"
+    app_passwords: bool = True
+    grace_ttl: Duration = Duration(300)  # TOTP re-login without a new code; 0 disables
+    trusted_networks: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    max_connections: int = 1000
+    max_pipeline: int = 64  # requests queued on one connection before it is closed
+    idle_timeout: Duration = Duration(300)
+    grace: Duration = Duration(10)
+    guard: AuthdGuardConfig = AuthdGuardConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole ``pfm.toml``."""
 
@@ -319,6 +410,8 @@ class Config:
     directory: DirectoryConfig = DirectoryConfig()
     dns: DnsConfig = DnsConfig()
     postfix: PostfixConfig = PostfixConfig()
+    metricsd: MetricsdConfig = MetricsdConfig()
+    authd: AuthdConfig = AuthdConfig()
     source: str = ""
 
 
@@ -367,6 +460,8 @@ def build_config(data: Mapping[str, Any], source: str = "") -> Config:
 
 
 def _validate(cfg: Config) -> None:
+    _validate_metricsd(cfg.metricsd)
+    _validate_authd(cfg.authd)
     p = cfg.policyd
     if not p.listen:
         raise ConfigError("policyd.listen", "at least one listen address is needed")
@@ -416,6 +511,91 @@ def _validate(cfg: Config) -> None:
         value = getattr(p, key)
         if not _ACTION_RE.match(value):
             raise ConfigError(f"policyd.{key}", f"not a Postfix access(5) action: {value!r}")
+
+
+def _validate_authd(a: AuthdConfig) -> None:
+    if not a.listen:
+        raise ConfigError("authd.listen", "at least one listen address is needed")
+    for i, spec in enumerate(a.listen):
+        if not spec.startswith("unix:") and _host_port_problem(spec):
+            raise ConfigError(f"authd.listen[{i}]", str(_host_port_problem(spec)))
+    for key in ("http_listen", "metrics_listen"):
+        spec = getattr(a, key)
+        if spec and not spec.startswith("unix:") and _host_port_problem(spec):
+            raise ConfigError(f"authd.{key}", str(_host_port_problem(spec)))
+    for key, value, low in (
+        ("max_connections", a.max_connections, 1),
+        ("max_pipeline", a.max_pipeline, 1),
+        ("memory_max_keys", a.memory_max_keys, 1000),
+        ("verify_workers", a.verify_workers, 0),
+        ("verify_cache_size", a.verify_cache_size, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"authd.{key}", f"must be at least {low}")
+    if a.verify_timeout <= 0:
+        raise ConfigError("authd.verify_timeout", "must be positive")
+    for i, service in enumerate(a.totp_services):
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", service):
+            raise ConfigError(f"authd.totp_services[{i}]", f"{service!r} is not a service name")
+    g = a.guard
+    for key in ("per_ip", "per_login", "per_ip_login", "per_prefix"):
+        if getattr(g, key).count < 1:
+            raise ConfigError(f"authd.guard.{key}", "the count must be at least 1")
+    if not 8 <= g.ipv4_prefix <= 32:
+        raise ConfigError("authd.guard.ipv4_prefix", "must be between 8 and 32")
+    if not 16 <= g.ipv6_prefix <= 128:
+        raise ConfigError("authd.guard.ipv6_prefix", "must be between 16 and 128")
+    if g.tarpit_max < g.tarpit_start:
+        raise ConfigError("authd.guard.tarpit_max", "must be >= tarpit_start")
+    if g.block_time <= 0:
+        raise ConfigError("authd.guard.block_time", "must be positive")
+
+
+def _host_port_problem(spec: str) -> str | None:
+    """Why ``spec`` is not ``HOST:PORT`` / ``[IPv6]:PORT`` (None when it is)."""
+    host, sep, port = spec.strip().rpartition(":")
+    if not sep or not host or any(c.isspace() for c in host):
+        return f"{spec!r} is not HOST:PORT (IPv6 as [::1]:PORT)"
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return f"{spec!r}: IPv6 addresses need brackets, [::1]:PORT"
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return f"{spec!r}: the port must be 0-65535"
+    return None
+
+
+def _validate_metricsd(m: MetricsdConfig) -> None:
+    if not m.listen or (not m.listen.startswith("unix:") and _host_port_problem(m.listen)):
+        raise ConfigError("metricsd.listen", _host_port_problem(m.listen) or "must not be empty")
+    for key, value, low in (
+        ("top_domains", m.top_domains, 1),
+        ("max_sasl_usernames", m.max_sasl_usernames, 0),
+        ("max_pending_lines", m.max_pending_lines, 100),
+    ):
+        if value < low:
+            raise ConfigError(f"metricsd.{key}", f"must be at least {low}")
+    if m.queue_timeout <= 0:
+        raise ConfigError("metricsd.queue_timeout", "must be positive")
+    seen: set[str] = set()
+    for i, src in enumerate(m.sources):
+        base = f"metricsd.sources[{i}]"
+        if src.type == "file" and not src.path.startswith("/"):
+            raise ConfigError(f"{base}.path", "a file source needs an absolute path")
+        if src.type != "file" and src.path:
+            raise ConfigError(f"{base}.path", f"only for type 'file', not {src.type!r}")
+        if src.type == "syslog":
+            problem = _host_port_problem(src.listen) if src.listen else "is required"
+            if problem:
+                raise ConfigError(f"{base}.listen", f"syslog source (HOST:PORT): {problem}")
+        elif src.listen:
+            raise ConfigError(f"{base}.listen", f"only for type 'syslog', not {src.type!r}")
+        if src.type != "journald" and src.units:
+            raise ConfigError(f"{base}.units", f"only for type 'journald', not {src.type!r}")
+        if src.queue_size < 1:
+            raise ConfigError(f"{base}.queue_size", "must be at least 1")
+        ident = f"{src.type}:{src.path or src.listen or ','.join(src.units)}"
+        if ident in seen:
+            raise ConfigError(base, f"the same source is listed twice ({ident})")
+        seen.add(ident)
 
 
 _ACTION_RE = re.compile(
