@@ -41,6 +41,7 @@ bench: $(STAMP) deps
 	$(PY) tests/bench/bench_policy.py
 	$(PY) tests/bench/bench_directory.py
 	$(PY) tests/bench/bench_metricsd_parse.py
+	$(PY) tests/bench/bench_metricsd_scrape.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
