@@ -147,6 +147,9 @@ class Report:
         self.failures += 1
         print(f"FAIL  {what}" + (f": {detail}" if detail else ""))
 
+    def warn(self, what: str) -> None:
+        print(f"warn  {what}")
+
     def skip(self, what: str) -> None:
         print(f"skip  {what}")
 
@@ -199,6 +202,8 @@ def _sample_keys(cfg: Config, report: Report) -> dict[str, tuple[str, str]] | No
             if a.active and a.domain in active and not a.address.startswith("@")
         ]
         alias_domains = [a for a in backend.list_alias_domains() if a.active and a.target in active]
+        for warning in getattr(backend, "maps_warnings", ()):
+            report.warn(f"maps file: {warning}")
     except DirectoryError as exc:
         report.fail("read the directory", str(exc))
         return None
