@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 .PHONY: all run test bench lint venv deps clean help
 
 help:
-	@echo "make run    - create the venv, install, start pfm-policyd on the demo config"
+	@echo "make run    - create the venv, install, start the daemons on the demo config (Ctrl-C stops)"
 	@echo "make test   - install test dependencies (Debian packages when root) and run every test"
 	@echo "make bench  - run the benchmarks in tests/bench/ (prints tables)"
 	@echo "make lint   - ruff + mypy"
@@ -30,7 +30,7 @@ deps:
 
 run: $(STAMP)
 	@mkdir -p var
-	PFM_CONFIG=$(CONFIG) $(VENV)/bin/pfm-policyd --config $(CONFIG)
+	PFM_CONFIG=$(CONFIG) $(PY) -m services.devrun --config $(CONFIG) --only pfm-policyd --only pfm-metricsd
 
 test: $(STAMP) deps
 	$(VENV)/bin/ruff check .
