@@ -30,7 +30,9 @@ deps:
 
 run: $(STAMP)
 	@mkdir -p var
-	PFM_CONFIG=$(CONFIG) $(PY) -m services.devrun --config $(CONFIG) --only pfm-policyd --only pfm-metricsd
+	@# the demo config with its relative var/ paths made absolute (unix sockets need that)
+	@sed 's|"var/|"$(CURDIR)/var/|g; s|"unix:/run/pfm/|"unix:$(CURDIR)/var/|g' $(CONFIG) > var/pfm.toml
+	PFM_CONFIG=var/pfm.toml $(PY) -m services.devrun --config var/pfm.toml
 
 test: $(STAMP) deps
 	$(VENV)/bin/ruff check .

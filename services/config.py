@@ -517,6 +517,8 @@ def _validate_authd(a: AuthdConfig) -> None:
     if not a.listen:
         raise ConfigError("authd.listen", "at least one listen address is needed")
     for i, spec in enumerate(a.listen):
+        if spec.startswith("unix:") and not spec[5:].startswith("/"):
+            raise ConfigError(f"authd.listen[{i}]", "the unix socket path must be absolute")
         if not spec.startswith("unix:") and _host_port_problem(spec):
             raise ConfigError(f"authd.listen[{i}]", str(_host_port_problem(spec)))
     for key in ("http_listen", "metrics_listen"):
