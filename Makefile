@@ -44,6 +44,7 @@ bench: $(STAMP) deps
 	$(PY) tests/bench/bench_directory.py
 	$(PY) tests/bench/bench_metricsd_parse.py
 	$(PY) tests/bench/bench_metricsd_scrape.py
+	$(PY) tests/bench/bench_metricsd_daemon.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,7 +24,7 @@ from metricsd.parsers.postfix import (
     parse_commands,
     parse_postfix,
 )
-from metricsd.parsers.syslog import parse_syslog_line
+from metricsd.parsers.syslog import program_and_message
 
 __all__ = [
     "DELAY_BUCKETS",
@@ -415,14 +415,14 @@ class PostfixCounters:
 
     def feed_line(self, line: str) -> bool:
         """Count one raw syslog line; False when it is not a Postfix line at all."""
-        parsed = parse_syslog_line(line)
+        parsed = program_and_message(line)
         if parsed is None:
             return False
-        program = parsed[2]
+        program, message = parsed
         if not (program.startswith("postfix") and "/" in program):
             return False
         self._lines[(program,)] += 1
-        ev = parse_postfix(program, parsed[4])
+        ev = parse_postfix(program, message)
         if ev is None:
             self._unsupported[(program,)] += 1
             return True

@@ -51,7 +51,7 @@ class LogPipeline:
         self,
         postfix: PostfixCounters,
         dovecot: DovecotCounters | None,
-        max_pending: int = 20000,
+        max_pending: int = 5000,
     ) -> None:
         self.lock = threading.Lock()
         self.postfix = postfix

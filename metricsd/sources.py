@@ -65,10 +65,17 @@ class FileSource:
         from_start: bool = False,
         poll: float = 0.25,
         max_line: int = 65536,
+        max_batch: int = 512 * 1024,
     ) -> None:
         self.name = f"file:{os.fspath(path)}"
+        # 256 KiB per read (~1,300 log lines): big enough to amortise the syscall, small
+        # enough that catching up on a large file doesn't spike memory
         self.follower = FileFollower(
-            os.fspath(path), from_end=not from_start, poll=poll, max_line=max_line
+            os.fspath(path),
+            from_end=not from_start,
+            poll=poll,
+            max_line=max_line,
+            max_batch=max_batch,
         )
 
     @property

@@ -342,7 +342,7 @@ class MetricsdConfig:
     top_domains: int = 20
     max_sasl_usernames: int = 0
     dovecot: bool = True
-    max_pending_lines: int = 20000
+    max_pending_lines: int = 5000
     grace: Duration = Duration(5)
 
 
@@ -376,7 +376,8 @@ class AuthdConfig:
     # pfm-checkpassword runs as user dovecot: give the socket's directory/group to dovecot
     # (systemd: Group=dovecot in the unit) and keep mode 0660. inet ("127.0.0.1:10041") too.
     listen: tuple[str, ...] = ("unix:/run/pfm/authd.sock:0660",)
-    http_listen: str = ""  # reserved: the Lua/HTTP and auth_policy endpoint
+    http_listen: str = ""  # HTTP endpoint (Lua dovecot.http passdb, auth_policy); "" = off
+    http_api_key_file: str = ""  # shared secret the HTTP endpoint requires ("" = none)
     admin_socket: str = "/run/pfm/authd-admin.sock"
     metrics_listen: str = "127.0.0.1:9156"
     state: Literal["memory", "redis"] = "memory"

@@ -72,6 +72,44 @@ def parse_syslog_line(line: str) -> SyslogLine | None:
 _TAGS: dict[str, tuple[str, int | None]] = {}
 
 
+def program_and_message(line: str) -> tuple[str, str] | None:
+    """Just ``(program, message)`` of a syslog line: the counters' hot path.
+
+    Same acceptance rules as :func:`parse_syslog_line` (kept in step by a property test),
+    without building the timestamp and host strings nobody counts.
+    """
+    if line[-1:] == "\n":
+        line = line.rstrip("\r\n")
+    if len(line) < 20:
+        return None
+    if "0" <= line[0] <= "9":
+        start = line.find(" ") + 1
+        if start < 20 or line[4] != "-" or line[10] != "T":
+            return None
+    elif line[3] == " " and line[6] == " " and line[9] == ":" and line[15] == " ":
+        start = 16
+    else:
+        return None
+    sp = line.find(" ", start)
+    if sp <= start:
+        return None
+    colon = line.find(": ", sp)
+    if colon < 0:
+        if line[-1] != ":":
+            return None
+        colon = len(line) - 1
+    tag = line[sp + 1 : colon]
+    split = _TAGS.get(tag)
+    if split is None:
+        split = _split_tag(tag)
+        if split is None:
+            return None
+        if len(_TAGS) >= 4096:
+            _TAGS.clear()
+        _TAGS[tag] = split
+    return split[0], line[colon + 2 :]
+
+
 def _split_tag(tag: str) -> tuple[str, int | None] | None:
     """``prog[123]`` → (``prog``, 123); ``prog`` → (``prog``, None); None when malformed."""
     if not tag or " " in tag:

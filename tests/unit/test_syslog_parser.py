@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from metricsd.parsers.syslog import SyslogLine, parse_syslog_line
+from metricsd.parsers.syslog import SyslogLine, parse_syslog_line, program_and_message
 
 
 @pytest.mark.parametrize(
@@ -95,3 +97,31 @@ def test_repeated_tags_give_equal_results() -> None:
     assert first is not None and again is not None
     assert (first.program, first.pid) == (again.program, again.pid) == ("postfix/smtpd", 42)
     assert again.message.startswith("disconnect")
+
+
+@given(st.text(max_size=120))
+def test_program_and_message_agrees_with_parse_syslog_line(line: str) -> None:
+    """The counters' fast splitter accepts exactly what parse_syslog_line accepts, same parts."""
+    full = parse_syslog_line(line)
+    fast = program_and_message(line)
+    if full is None:
+        assert fast is None
+    else:
+        assert fast == (full.program, full.message)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Nov 24 01:25:21 mx1 postfix/smtpd[14690]: connect from localhost[127.0.0.1]",
+        "Nov  4 01:25:21 mx1 postfix/qmgr[1]: ABC: removed\n",
+        "2026-11-24T01:25:21.123456+00:00 mx1 postfix/submission/smtpd[7]: lost connection",
+        "Nov 24 01:25:21 mx1 dovecot: imap-login: Login: user=<a>",
+        "Nov 24 01:25:21 mx1 prog[1]:",
+    ],
+)
+def test_program_and_message_on_real_shapes(line: str) -> None:
+    """Real line shapes split the same way by both functions."""
+    full = parse_syslog_line(line)
+    assert full is not None
+    assert program_and_message(line) == (full.program, full.message)
