@@ -24,6 +24,10 @@ Wire it into Dovecot (checkpassword path):
   }
   userdb { driver = prefetch }
 
+Or the Lua passdb (configs/dovecot/pfm-passdb.lua over the unix socket, pfm-passdb-http.lua
+over [authd] http_listen), and Dovecot's auth policy hook (configs/dovecot/auth-policy.conf.ext:
+auth_policy_server_url = http://127.0.0.1:10042/v1/policy) for any passdb.
+
 Signals: SIGTERM/SIGINT stop gracefully (a second one forces), SIGHUP reloads the config.
 """
 
@@ -107,6 +111,9 @@ def check_config(config: Config, path: str) -> int:
     d = config.directory
     print(f"{path}: ok")
     print(f"  listen: {', '.join(a.listen)}  state: {a.state}  directory: {d.backend}")
+    if a.http_listen:
+        key = "API key required" if a.http_api_key_file else "no API key"
+        print(f"  http: {a.http_listen} (/v1/auth, /v1/lookup, /v1/policy; {key})")
     print(
         f"  totp services: {', '.join(a.totp_services) or '(none)'}  "
         f"app passwords: {'on' if a.app_passwords else 'off'}  "

@@ -112,6 +112,12 @@ class AuthDaemon:
             clock=clock,
         )
         self.net: NetServer | None = None
+        self.http: Any = None
+        self.http_api_key = ""
+        if self.cfg.http_api_key_file:
+            self.http_api_key = read_secret_file(self.cfg.http_api_key_file)
+            if not self.http_api_key:
+                raise ConfigError("authd.http_api_key_file", "the key file is empty")
         self.admin: Any = None
         self.metrics_server: Any = None
 
@@ -129,6 +135,21 @@ class AuthDaemon:
             on_reject=self._reject,
         )
         await self.net.start()
+        if cfg.http_listen:
+            from .http import HttpApi, HttpServer
+
+            self.http = HttpServer(
+                cfg.http_listen,
+                HttpApi(self.service, self.guard, api_key=self.http_api_key),
+                max_connections=cfg.max_connections,
+                idle_timeout=float(cfg.idle_timeout),
+                max_pipeline=cfg.max_pipeline,
+            )
+            try:
+                await self.http.start()
+            except OSError:
+                await self.net.close()
+                raise
         if cfg.admin_socket:
             from .admin import AdminServer
 
@@ -142,6 +163,7 @@ class AuthDaemon:
         log.info(
             "started",
             listen=self.net.addresses,
+            http=self.http.addresses if self.http is not None else None,
             directory=self.config.directory.backend,
             state=cfg.state,
             workers=self.verifier.workers,
@@ -165,7 +187,15 @@ class AuthDaemon:
         a = new.authd
         restart_needed = [
             k
-            for k in ("listen", "state", "admin_socket", "metrics_listen", "verify_workers")
+            for k in (
+                "listen",
+                "http_listen",
+                "http_api_key_file",
+                "state",
+                "admin_socket",
+                "metrics_listen",
+                "verify_workers",
+            )
             if getattr(a, k) != getattr(self.cfg, k)
         ]
         if new.directory != self.config.directory:
@@ -184,6 +214,8 @@ class AuthDaemon:
         """Stop accepting, let requests in flight finish, release everything."""
         if self.net is not None:
             await self.net.drain(grace)
+        if self.http is not None:
+            await self.http.drain(grace)
         await self.service.drain(grace)
         if self.admin is not None:
             await self.admin.aclose()

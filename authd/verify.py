@@ -351,7 +351,9 @@ class Verifier:
 
         dummy = getattr(self, "_dummy_hash", "")
         if not dummy:
-            dummy = passwords.hash_password(passwords.generate_secret(), self.config.password_scheme)
+            dummy = passwords.hash_password(
+                passwords.generate_secret(), self.config.password_scheme
+            )
             self._dummy_hash = dummy
         passwords.verify_password(password, dummy, self.config.password_scheme)
 
