@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -49,6 +50,16 @@ def _config(tmp: Path) -> Path:
     return cfg
 
 
+# What an installed package gets: bytecode cached after the first run. (Some environments
+# set PYTHONDONTWRITEBYTECODE=1, which would recompile every module on every start and
+# measure the compiler, not pfm.) The cache goes to a temp dir, not the source tree.
+_PYCACHE = tempfile.mkdtemp(prefix="pfm-bench-pycache-")
+CHILD_ENV = {
+    **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+    "PYTHONPYCACHEPREFIX": _PYCACHE,
+}
+
+
 def _pfm(cfg: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PY, "-m", "services.cli.main", "-c", str(cfg), *argv],
@@ -56,6 +67,7 @@ def _pfm(cfg: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         check=False,
+        env=CHILD_ENV,
     )
 
 
@@ -142,7 +154,7 @@ def bench_show(cfg: Path, address: str, runs: int) -> tuple[float, float]:
             raise SystemExit(f"pfm mailbox show failed: {res.stderr}")
 
     def null() -> None:
-        subprocess.run([PY, "-c", "pass"], check=True)
+        subprocess.run([PY, "-c", "pass"], check=True, env=CHILD_ENV)
 
     show()  # warm the page cache once
     return _median_ms(show, runs), _median_ms(null, runs)

@@ -229,3 +229,30 @@ def test_broken_pipe_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("sys.stdout", _ClosedPipe())
     assert main(["completion", "bash"]) == BROKEN_PIPE
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_parser_built_for_one_group_matches_the_full_parser() -> None:
+    """build_parser(only=NAME) has NAME's full subtree and every other command by name."""
+    full = _subcommands(build_parser())
+    for name, sub in full.items():
+        lean = _subcommands(build_parser(name))
+        assert set(lean) == set(full)
+        assert sub.format_help() == lean[name].format_help()
+
+
+def test_group_is_found_after_global_options() -> None:
+    """The group named in argv is found after -c FILE / --config=FILE; -h means all groups."""
+    from services.cli.main import _group_named
+
+    assert _group_named(["-c", "x.toml", "mailbox", "show", "a@b.c"]) == "mailbox"
+    assert _group_named(["--config=x.toml", "dns", "records"]) == "dns"
+    assert _group_named(["-cx.toml", "queue"]) == "queue"
+    assert _group_named(["--help"]) is None
+    assert _group_named([]) is None

@@ -12,12 +12,13 @@ import json
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
-
-from services.config import Config, ConfigError, Duration, config_path, load_config
+from typing import TYPE_CHECKING, Any
 
 from .. import common
 from ..exitcodes import CONFIG, FAILURE, NOT_FOUND, OK, TEMPFAIL, UNAVAILABLE, USAGE, CliError
+
+if TYPE_CHECKING:
+    from services.config import Config
 
 
 def register(sub: Any) -> None:
@@ -78,6 +79,8 @@ def register(sub: Any) -> None:
 
 
 def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    from services.config import ConfigError, config_path, load_config
+
     try:
         return load_config(config_path(args.config, environ))
     except ConfigError as exc:
@@ -128,6 +131,8 @@ def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, 
 
 
 def cmd_block(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from services.config import Duration
+
     try:
         seconds = float(Duration.parse(args.duration))
     except ValueError as exc:
