@@ -44,6 +44,7 @@ bench: $(STAMP) deps
 	$(PY) tests/bench/bench_directory.py
 	$(PY) tests/bench/bench_metricsd_parse.py
 	$(PY) tests/bench/bench_metricsd_scrape.py
+	$(PY) tests/bench/bench_authd_logins.py
 	$(PY) tests/bench/bench_metricsd_daemon.py
 
 lint: $(STAMP)

