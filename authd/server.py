@@ -100,6 +100,7 @@ class AuthDaemon:
             timeout=float(self.cfg.verify_timeout),
             cache_ttl=float(self.cfg.verify_cache_ttl),
             cache_size=self.cfg.verify_cache_size,
+            account_ttl=float(self.cfg.account_cache_ttl),
             clock=clock,
         )
         self.service = AuthService(

@@ -180,6 +180,9 @@ class _LdapBinder:
                 except queue.Empty:
                     continue
             else:
+                # ldap3 marks an address unavailable for a while after a failure; the
+                # directory coming back must be used at once
+                server.reset_availability()
                 conn = self._new(server)
             try:
                 if conn.closed:
@@ -231,6 +234,7 @@ class Verifier:
         timeout: float = 8.0,
         cache_ttl: float = 300.0,
         cache_size: int = 100_000,
+        account_ttl: float = 0.0,
         clock: Clock = time.time,
         backend: Backend | None = None,
     ) -> None:
@@ -246,6 +250,10 @@ class Verifier:
         self._lock = threading.Lock()
         self._binder = _LdapBinder(config, self.workers) if config.backend == "ldap" else None
         self.hashes = 0  # password hashes or binds really computed (not cache hits)
+        # address -> (expiry on the monotonic clock, account or None for "no such mailbox")
+        self.account_ttl = account_ttl
+        self._accounts: dict[str, tuple[float, Account | None]] = {}
+        self.account_hits = 0
 
     def __repr__(self) -> str:
         return f"Verifier(backend={self.config.backend}, workers={self.workers})"
@@ -316,8 +324,31 @@ class Verifier:
         return Account(mb, dom is not None and dom.active)
 
     async def account(self, address: str) -> Account | None:
-        """The mailbox and its domain's state, or None; DirectoryDown on outage."""
-        return await self.run(lambda: self._account(address))
+        """The mailbox and its domain's state, or None; DirectoryDown on outage.
+
+        Reused for ``account_ttl`` seconds (an IMAP client reconnecting, a phone polling):
+        with LDAP that saves two searches per login. A disable or password change is seen
+        at the latest that much later; an outage is never cached.
+        """
+        ttl = self.account_ttl
+        if ttl <= 0:
+            return await self.run(lambda: self._account(address))
+        now = time.monotonic()
+        hit = self._accounts.get(address)
+        if hit is not None and hit[0] > now:
+            self.account_hits += 1
+            return hit[1]
+        found = await self.run(lambda: self._account(address))
+        if len(self._accounts) >= 50_000:
+            self._accounts = {k: v for k, v in self._accounts.items() if v[0] > now}
+            if len(self._accounts) >= 50_000:
+                self._accounts.clear()
+        self._accounts[address] = (now + ttl, found)
+        return found
+
+    def forget_account(self, address: str) -> None:
+        """Drop a cached account (after this daemon itself changed it, e.g. a rehash)."""
+        self._accounts.pop(address, None)
 
     # ------------------------------------------------------------------ passwords
 
@@ -391,7 +422,9 @@ class Verifier:
 
     async def rehash(self, address: str, password: str) -> bool:
         """Store a fresh hash of an outdated one (``rehash_on_login``)."""
-        return await self.run(lambda: self._directory().rehash(address, password))
+        done = await self.run(lambda: self._directory().rehash(address, password))
+        self.forget_account(address)
+        return done
 
     def close(self) -> None:
         """Stop the pool and close the directory connections."""

@@ -385,6 +385,9 @@ class AuthdConfig:
     verify_workers: int = 0  # threads for hashing and LDAP binds; 0 = number of CPUs
     verify_timeout: Duration = Duration(8)  # a verification slower than this is a TEMPFAIL
     verify_cache_ttl: Duration = Duration(300)  # 0 disables the verify cache
+    # mailbox + domain state reused this long (bounds how late a disable or password
+    # change is seen); 0 reads the directory on every login
+    account_cache_ttl: Duration = Duration(5)
     verify_cache_size: int = 100_000
     totp_services: tuple[str, ...] = ("imap", "submission", "smtp")
     totp_issuer: str = "Postfix Manager"

@@ -138,6 +138,7 @@ async def running(config: Config) -> AsyncIterator[AuthDaemon]:
 async def sqlite_env(tmp: Path, **authd: Any) -> AsyncIterator[Env]:
     """Seeded SQLite directory plus a running daemon."""
     secrets = await asyncio.to_thread(seed_sqlite, tmp)
+    authd.setdefault("account_cache_ttl", 0)  # tests see directory changes at once
     config = make_config(tmp, {"backend": "sqlite", "path": str(tmp / "dir.db")}, **authd)
     async with running(config) as daemon:
         yield Env(tmp, config, daemon, secrets)
@@ -500,7 +501,12 @@ async def test_ldap_bind_verify_and_outage_is_tempfail(short_dir: Path, reply_pr
         assert isinstance(
             build_config({"directory": {"ldap": ldap_cfg}}).directory.ldap, LdapConfig
         )
-        config = make_config(short_dir, {"backend": "ldap", "ldap": ldap_cfg}, verify_cache_ttl=0)
+        config = make_config(
+            short_dir,
+            {"backend": "ldap", "ldap": ldap_cfg},
+            verify_cache_ttl=0,
+            account_cache_ttl=0,
+        )
         async with running(config) as daemon:
             env = Env(short_dir, config, daemon, {})
             assert (await auth(env, "alice@example.org", PW)).kind is ReplyKind.OK
@@ -559,3 +565,17 @@ async def test_redis_state_shared_replay_guard_and_outage(short_dir: Path) -> No
             assert env.metric("pfm_authd_state_errors_total") >= 1
     finally:
         await asyncio.to_thread(redis.stop)
+
+
+async def test_account_cache_reuses_entries_and_sees_changes_after_its_ttl(short_dir: Path) -> None:
+    """With account_cache_ttl the directory is read once per TTL; a disable applies after it."""
+    async with sqlite_env(short_dir, account_cache_ttl=0.3) as env:
+        verifier = env.daemon.verifier
+        for _ in range(3):
+            assert (await auth(env, "alice@example.org", PW)).kind is ReplyKind.OK
+        assert verifier.account_hits == 2
+        d = env.directory()
+        d.update_mailbox("alice@example.org", active=False)
+        d.backend.close()
+        await asyncio.sleep(0.35)
+        assert (await auth(env, "alice@example.org", PW)).kind is ReplyKind.FAIL
