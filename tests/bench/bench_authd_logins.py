@@ -7,6 +7,8 @@ Passdbs, each in its own private Dovecot with the auth cache off (``auth_cache_s
 * ``lua-sqlite`` / ``checkpassword-sqlite`` — configs/dovecot/pfm-passdb.lua and
   pfm-checkpassword asking the real pfm-authd (``python -m authd``) over a SQLite directory
   (verify cache on, as shipped);
+* ``lua-http-ldap`` — configs/dovecot/pfm-passdb-http.lua (Dovecot's ``dovecot.http``) to the
+  LDAP-mode pfm-authd's HTTP endpoint;
 * ``lua-ldap`` / ``checkpassword-ldap`` — the same, pfm-authd in LDAP-bind mode against the
   same slapd, as shipped: verify cache 300 s and account cache 5 s (Dovecot's own auth cache
   stays off everywhere). ``--ldap-verify-cache-ttl 0`` makes pfm-authd bind on every login
@@ -54,6 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import free_port  # noqa: E402
 from tests.e2e.dovecot_fixtures import AuthdProcess, authd_config, ldap_settings  # noqa: E402
 from tests.e2e.dovecot_instance import (  # noqa: E402
     DovecotInstance,
@@ -64,6 +67,8 @@ from tests.e2e.dovecot_instance import (  # noqa: E402
     static_passdb,
 )
 from tests.e2e.postfix_instance import world_dir  # noqa: E402
+
+LUA_HTTP_PASSDB = ROOT / "configs" / "dovecot" / "pfm-passdb-http.lua"
 from tests.integration.slapd_server import ROOT_PASSWORD, SERVICE_PASSWORD, SlapdServer  # noqa: E402
 
 BENCH_CONF = """
@@ -142,6 +147,7 @@ class RealAuthd:
     processes: dict[str, AuthdProcess] = field(default_factory=dict)
     dirs: list[Path] = field(default_factory=list)
     totp: dict[str, str] = field(default_factory=dict)  # login -> secret
+    http_port: int = 0  # the LDAP-mode pfm-authd's HTTP endpoint (Lua dovecot.http passdb)
 
     def socket(self, mode: str) -> Path:
         return self.processes[mode].sock
@@ -204,11 +210,13 @@ def start_real_authds(ldap_cache_ttl: float) -> RealAuthd:
 
         ldap_dir = world_dir("authd-ldap-")
         real.dirs.append(ldap_dir)
+        real.http_port = free_port()
         config = authd_config(
             ldap_dir,
             {"backend": "ldap", "rehash_on_login": False},
             ldap=settings,
             verify_cache_ttl=ldap_cache_ttl,
+            http_listen=f"127.0.0.1:{real.http_port}",
             **common,
         )
         real.processes["ldap"] = AuthdProcess(
@@ -369,7 +377,7 @@ def targets(
     def mark(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
-    for lua in ("lua-ldap", "lua-sqlite", "lua"):
+    for lua in ("lua-ldap", "lua-http-ldap", "lua-sqlite", "lua"):
         for c in levels:
             r = _cell(rows, "auth-client", lua, c)
             if r is not None and r.get("vs_ldap") == r.get("vs_ldap"):
@@ -427,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     default = (
         "static,checkpassword,lua,ldap"
         if custom
-        else "static,ldap,lua-sqlite,checkpassword-sqlite,lua-ldap,checkpassword-ldap"
+        else "static,ldap,lua-sqlite,checkpassword-sqlite,lua-ldap,lua-http-ldap,checkpassword-ldap"
     )
     wanted = (args.passdbs or default).split(",")
     user, password = (args.user, args.password) if custom else (USER, PASSWORD)
@@ -457,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
                 sock = real.socket(mode)
                 passdbs[f"checkpassword-{mode}"] = (checkpassword_passdb(sock), {})
                 passdbs[f"lua-{mode}"] = (lua_passdb(), {"PFM_AUTHD_SOCKET": str(sock)})
+            passdbs["lua-http-ldap"] = (
+                lua_passdb(LUA_HTTP_PASSDB),
+                {"PFM_AUTHD_URL": f"http://127.0.0.1:{real.http_port}"},
+            )
         for name in wanted:
             passdb, env = passdbs[name]
             instances[name] = DovecotInstance(passdb, authd_env=env, extra=BENCH_CONF).start()
