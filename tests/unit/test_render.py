@@ -251,8 +251,13 @@ def test_postfix_sqlite_render_golden() -> None:
         "query = SELECT name FROM domains WHERE name = '%s' AND active = 1",
     ]
     params = parse_snippet(files["main.cf.snippet"].text)
-    assert params["virtual_mailbox_domains"] == "proxy:sqlite:/etc/postfix/pfm/virtual_mailbox_domains.cf"
-    assert params["virtual_alias_domains"] == "proxy:sqlite:/etc/postfix/pfm/virtual_alias_domains.cf"
+    assert (
+        params["virtual_mailbox_domains"]
+        == "proxy:sqlite:/etc/postfix/pfm/virtual_mailbox_domains.cf"
+    )
+    assert (
+        params["virtual_alias_domains"] == "proxy:sqlite:/etc/postfix/pfm/virtual_alias_domains.cf"
+    )
     assert params["virtual_alias_maps"] == (
         "proxy:sqlite:/etc/postfix/pfm/virtual_alias_maps.cf, "
         "proxy:sqlite:/etc/postfix/pfm/virtual_alias_mailbox_maps.cf, "
