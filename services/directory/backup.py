@@ -4,7 +4,7 @@ Archive members (all regular files, mode 0600; directories 0700)::
 
     manifest.json              format, version, created, backend, schema, counts, sha256 per member
     directory.sqlite           SQLite backend: a consistent online copy (sqlite3 backup API)
-    directory.json             LDAP backend: the pfm export document with password hashes
+    directory.ldif             LDAP backend: every entry of the pfm subtree (RFC 2849 LDIF)
     dkim/<domain>/<file>       the ``[directory] dkim_dir`` tree (absent when the dir is)
 
 The SQLite copy is taken with ``Connection.backup`` in one step, so it is a snapshot of one
@@ -20,9 +20,19 @@ over it; the old one is kept (a consistent copy) as ``<path>.pre-restore``. DKIM
 restored the same way (old tree kept as ``<dkim_dir>.pre-restore``), files 0600, dirs 0700.
 Stop pfm-authd (anything holding the database open for writing) while restoring.
 
-The LDAP backend is backed up through :mod:`services.directory.transfer` (domains, alias
-domains, mailboxes with hashes, aliases); TOTP secrets, app passwords and admins are not in
-that export, so they are not in an LDAP backup (use slapcat for a full LDAP dump).
+The LDAP backend is backed up as LDIF (:mod:`services.directory.ldif`) of every entry pfm
+manages under ``[directory.ldap] base_dn`` (:mod:`services.directory.ldap_backup`): the
+``ou=domains``, ``ou=mailboxes`` (with app-password children), ``ou=aliases``,
+``ou=aliasdomains``, ``ou=admins``, ``ou=audit`` and ``ou=oath`` containers and everything
+below them, with password hashes, raw TOTP secrets (``oathSecret``, base64 in the LDIF) and the
+audit log, read through the backend's own connection settings. The manifest records the base
+DN and entries per kind. Restore checks the archive the same way (plus: the LDIF parses and
+every DN is in the pfm subtree of the configured base DN, which must be the backup's), refuses
+a target holding pfm objects without ``force``, and then deletes the target's pfm objects
+(children first) and adds the backup's entries (parents first). LDAP has no transactions: a
+failure midway leaves the directory partly restored, and the error says how far it got
+(:class:`~services.directory.ldap_backup.RestoreIncomplete`); run the restore again with
+``force``. Stop pfm-authd and CLI writers while restoring.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ FORMAT = "pfm-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
 DB_MEMBER = "directory.sqlite"
-JSON_MEMBER = "directory.json"
+LDIF_MEMBER = "directory.ldif"
 DKIM_PREFIX = "dkim/"
 MAX_MEMBER = 8 * 1024**3  # a member larger than this is not ours
 MAX_MANIFEST = 4 * 1024**2
@@ -78,6 +88,7 @@ class BackupInfo:
     schema: int = 0
     dkim: bool = False
     size: int = 0
+    base_dn: str = ""  # LDAP backups: the base DN the entries are under
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +100,7 @@ class BackupInfo:
             "dkim": self.dkim,
             "dkim_files": sum(1 for m in self.members if m.startswith(DKIM_PREFIX)),
             "size": self.size,
+            **({"base_dn": self.base_dn} if self.base_dn else {}),
         }
 
 
@@ -104,6 +116,7 @@ class RestoreReport:
     dkim_kept: str = ""
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    ldap: dict[str, int] = field(default_factory=dict)  # LDAP: what the restore did
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +128,7 @@ class RestoreReport:
             "dkim_kept": self.dkim_kept,
             "dry_run": self.dry_run,
             "notes": list(self.notes),
+            **({"ldap": dict(self.ldap)} if self.ldap else {}),
         }
 
 
@@ -266,10 +280,10 @@ def create_backup(
             members[DB_MEMBER] = {"sha256": digest, "size": size}
             payload.append((DB_MEMBER, snap))
         else:
-            data, counts = _export_generic(cfg)
+            data, counts = _export_ldap(cfg)
             schema = 0
-            members[JSON_MEMBER] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-            payload.append((JSON_MEMBER, data))
+            members[LDIF_MEMBER] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            payload.append((LDIF_MEMBER, data))
         dkim = _read_dkim(cfg.dkim_dir)
         dkim_dirs: list[str] = []
         if dkim is not None:
@@ -292,6 +306,8 @@ def create_backup(
             "counts": counts,
             "members": members,
         }
+        if cfg.backend == "ldap":
+            manifest["base_dn"] = cfg.ldap.base_dn
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
         try:
             with (
@@ -328,20 +344,29 @@ def create_backup(
         schema=schema,
         dkim=dkim is not None,
         size=os.path.getsize(out_path),
+        base_dn=cfg.ldap.base_dn if cfg.backend == "ldap" else "",
     )
 
 
-def _export_generic(cfg: DirectoryConfig) -> tuple[bytes, dict[str, int]]:
-    from .backend import open_backend
-    from .transfer import write_json
+def _export_ldap(cfg: DirectoryConfig) -> tuple[bytes, dict[str, int]]:
+    """LDIF of the pfm subtree and its counts per kind."""
+    from .ldap import LdapBackend
+    from .ldap_backup import counts, read_subtree
+    from .ldif import write_ldif
 
-    backend = open_backend(cfg)
     try:
-        buf = io.StringIO()
-        counts = write_json(buf, backend, with_hashes=True)
-    finally:
-        backend.close()
-    return buf.getvalue().encode("utf-8"), counts
+        backend = LdapBackend(cfg.ldap)
+        try:
+            entries = read_subtree(backend)
+        finally:
+            backend.close()
+    except DirectoryError as exc:
+        raise BackupError(f"cannot read the LDAP directory: {exc}") from None
+    if not entries:
+        raise BackupError(
+            f"no pfm containers under {cfg.ldap.base_dn}: check [directory.ldap] base_dn"
+        )
+    return write_ldif(entries), counts(entries)
 
 
 # --------------------------------------------------------------------------- verify
@@ -422,7 +447,33 @@ def verify_backup(path: str, stage: str | None = None) -> BackupInfo:
             # extract the database alone to check its integrity
             _extract_one(path, DB_MEMBER, os.path.join(tmp, DB_MEMBER))
             _check_db(path, os.path.join(tmp, DB_MEMBER))
+    else:
+        ldif_path = os.path.join(stage, LDIF_MEMBER) if stage else None
+        data = _read_file(ldif_path) if ldif_path else _read_member(path, LDIF_MEMBER)
+        load_ldif(path, data, info.base_dn)
     return info
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def load_ldif(path: str, data: bytes, base_dn: str) -> list[tuple[str, dict[str, list[bytes]]]]:
+    """The entries of a backup's LDIF, checked: it parses and every DN is in the pfm subtree."""
+    from .ldap_backup import in_subtree
+    from .ldif import LdifError, parse_ldif
+
+    if not base_dn:
+        raise _bad_archive(path, "manifest.json names no base_dn for the LDAP backup")
+    try:
+        entries = parse_ldif(data)
+    except LdifError as exc:
+        raise _bad_archive(path, f"{LDIF_MEMBER}: {exc}") from None
+    for dn, _attrs in entries:
+        if not in_subtree(dn, base_dn):
+            raise _bad_archive(path, f"{LDIF_MEMBER}: {dn!r} is outside the pfm subtree")
+    return entries
 
 
 def _copy_hash(src: IO[bytes], dest: str | None) -> str:
@@ -467,7 +518,7 @@ def _check_manifest(path: str, m: Mapping[str, Any], seen: Mapping[str, str]) ->
     backend = m.get("backend")
     if backend not in ("sqlite", "ldap"):
         raise _bad_archive(path, f"unknown backend {backend!r} in manifest.json")
-    main = DB_MEMBER if backend == "sqlite" else JSON_MEMBER
+    main = DB_MEMBER if backend == "sqlite" else LDIF_MEMBER
     if main not in members:
         raise _bad_archive(path, f"manifest.json does not list {main}")
     for name, meta in members.items():
@@ -489,6 +540,7 @@ def _check_manifest(path: str, m: Mapping[str, Any], seen: Mapping[str, str]) ->
         schema=int(m.get("schema", 0) or 0),
         dkim=bool(m.get("dkim", False)),
         size=os.path.getsize(path),
+        base_dn=str(m.get("base_dn", "")) if backend == "ldap" else "",
     )
 
 
@@ -577,7 +629,6 @@ def restore_backup(
     *,
     dry_run: bool = False,
     force: bool = False,
-    import_generic: Callable[[DirectoryConfig, bytes, bool], None] | None = None,
 ) -> RestoreReport:
     """Verify ``path`` completely, then replace the directory (and DKIM keys) with it."""
     target = os.path.abspath(cfg.path) if cfg.backend == "sqlite" else ",".join(cfg.ldap.uris)
@@ -598,7 +649,12 @@ def restore_backup(
             raise BackupError(
                 f"{path} is a {info.backend} backup but the directory backend is {cfg.backend}"
             )
-        nonempty = _sqlite_nonempty(target) if cfg.backend == "sqlite" else _generic_nonempty(cfg)
+        if cfg.backend == "ldap" and _norm_dn(info.base_dn) != _norm_dn(cfg.ldap.base_dn):
+            raise BackupError(
+                f"{path} is a backup of base DN {info.base_dn!r} but [directory.ldap] base_dn "
+                f"is {cfg.ldap.base_dn!r}; nothing was changed"
+            )
+        nonempty = _sqlite_nonempty(target) if cfg.backend == "sqlite" else _ldap_nonempty(cfg)
         if nonempty and not force:
             raise BackupError(
                 f"the directory {target} is not empty: restore over it with --force "
@@ -627,8 +683,10 @@ def restore_backup(
                         os.unlink(target + suffix)
                 _fsync_dir(os.path.dirname(target))
             else:
-                data = _read_member(path, JSON_MEMBER)
-                (import_generic or _import_generic)(cfg, data, force)
+                entries = load_ldif(
+                    path, _read_file(os.path.join(stage, LDIF_MEMBER)), info.base_dn
+                )
+                _restore_ldap(cfg, entries, force, report)
             if dkim_staged:
                 _swap_dkim(cfg.dkim_dir, dkim_staged, report)
                 dkim_staged = ""
@@ -662,31 +720,53 @@ def _read_member(path: str, member: str) -> bytes:
         return src.read()
 
 
-def _generic_nonempty(cfg: DirectoryConfig) -> bool:
-    from .backend import open_backend
+def _norm_dn(dn: str) -> str:
+    from .ldap_backup import norm_dn
 
-    backend = open_backend(cfg)
+    return norm_dn(dn)
+
+
+def _ldap_nonempty(cfg: DirectoryConfig) -> bool:
+    from .ldap import LdapBackend
+    from .ldap_backup import has_objects
+
     try:
-        return bool(backend.list_domains() or backend.list_alias_domains())
+        backend = LdapBackend(cfg.ldap)
+        try:
+            return has_objects(backend)
+        finally:
+            backend.close()
+    except DirectoryError as exc:
+        raise BackupError(f"cannot read the LDAP directory: {exc}; nothing was changed") from None
+
+
+def _restore_ldap(
+    cfg: DirectoryConfig,
+    entries: list[tuple[str, dict[str, list[bytes]]]],
+    force: bool,
+    report: RestoreReport,
+) -> None:
+    """Replace the pfm objects of the LDAP directory with ``entries`` (through ldap3)."""
+    from .ldap import LdapBackend
+    from .ldap_backup import Progress, RestoreIncomplete, restore_entries
+
+    progress = Progress()
+    try:
+        backend = LdapBackend(cfg.ldap)
+    except DirectoryError as exc:
+        raise BackupError(f"cannot open the LDAP directory: {exc}; nothing was changed") from None
+    try:
+        restore_entries(backend, entries, delete=force, progress=progress)
+    except RestoreIncomplete as exc:
+        if not progress.started():
+            raise BackupError(f"{exc}".split(". So far", 1)[0] + "; nothing was changed") from None
+        raise
     finally:
         backend.close()
-
-
-def _import_generic(cfg: DirectoryConfig, data: bytes, force: bool) -> None:
-    """Load a JSON export into a (LDAP) backend: creates, and with ``force`` updates."""
-    from .backend import open_backend
-    from .transfer import apply_plan, plan_import
-
-    backend = open_backend(cfg)
-    errors: list[str] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="pfm-restore-") as tmp:
-            doc = os.path.join(tmp, JSON_MEMBER)
-            with open(doc, "wb") as f:
-                f.write(data)
-            plan = plan_import(backend, [doc], update=force, on_error=errors.append)
-        if not plan.ok:
-            raise BackupError("the backup does not load: " + "; ".join(errors[:5]))
-        apply_plan(backend, plan, "pfm restore")
-    finally:
-        backend.close()
+    report.ldap = progress.as_dict()
+    if progress.kept_audit:
+        report.notes.append(
+            f"{progress.kept_audit} audit entries of the replaced directory were kept (the "
+            f"server's ACL makes the audit log append-only); {progress.renumbered} backup audit "
+            "entries were appended under new ids"
+        )

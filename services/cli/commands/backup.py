@@ -16,7 +16,9 @@ from ..exitcodes import CONFLICT, FAILURE, INVALID, OK, CliError
 BACKUP_EPILOG = """\
 The SQLite directory is copied online with SQLite's backup API (a consistent snapshot while
 pfm-authd and the CLI keep writing); the DKIM key directory is added when it exists. The
-archive is written mode 0600, atomically. Default: [directory] backup_dir/pfm-backup-<UTC>.tar.gz
+archive is written mode 0600, atomically. With backend = "ldap" the directory is an LDIF of
+every entry pfm manages under base_dn (TOTP secrets, app passwords, admins and the audit log
+included), read with the backend's connection settings. Default: [directory] backup_dir/pfm-backup-<UTC>.tar.gz
 
 examples:
   pfm backup
@@ -25,9 +27,11 @@ examples:
 
 RESTORE_EPILOG = """\
 Everything is verified first (sha256 of every member, PRAGMA integrity_check, schema
-version); a bad archive changes nothing. A non-empty directory is only replaced with
---force; the previous database is kept as <path>.pre-restore and the previous DKIM keys as
-<dkim_dir>.pre-restore. Stop pfm-authd while restoring, start it again afterwards.
+version, LDIF syntax); a bad archive changes nothing. A non-empty directory is only replaced
+with --force; the previous database is kept as <path>.pre-restore and the previous DKIM keys as
+<dkim_dir>.pre-restore. LDAP: --force deletes the pfm entries under base_dn, then adds the
+backup's; LDAP has no transactions, so a failure midway exits 1 saying how far it got (run it
+again). Stop pfm-authd while restoring, start it again afterwards.
 
 examples:
   pfm restore /var/backups/pfm/pfm-backup-20260101T000000Z.tar.gz --dry-run
@@ -89,11 +93,14 @@ def cmd_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def cmd_restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from services.directory.backup import BackupError, restore_backup
+    from services.directory.model import DirectoryError
 
     cfg = common.load_cfg(args, environ)
     try:
         report = restore_backup(cfg.directory, args.file, dry_run=args.dry_run, force=args.force)
-    except BackupError as exc:
+    except DirectoryError as exc:
+        if not isinstance(exc, BackupError):  # an LDAP restore failed midway
+            raise CliError(str(exc), FAILURE) from None
         code = CONFLICT if "is not empty" in str(exc) else INVALID
         raise CliError(str(exc), code) from None
     if args.json:
@@ -109,6 +116,12 @@ def cmd_restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"  {verb} DKIM keys in {report.dkim_dir}")
     if report.dkim_kept:
         print(f"  previous DKIM keys kept as {report.dkim_kept}")
+    if report.ldap:
+        d = report.ldap
+        print(
+            f"  ldap: deleted {d['deleted']} existing entries, added {d['added']}, "
+            f"updated {d['updated']} container(s)"
+        )
     for note in report.notes:
         print(f"  {note}")
     if report.dry_run:
