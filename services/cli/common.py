@@ -26,6 +26,7 @@ from .exitcodes import (
     INVALID,
     NOT_FOUND,
     TEMPFAIL,
+    UNAVAILABLE,
     USAGE,
     CliError,
 )
@@ -468,3 +469,42 @@ def read_new_password(
     if prompt("Repeat password: ") != first:
         raise CliError("the passwords do not match, nothing changed", INVALID)
     return first
+
+
+def admin_call(
+    daemon: str, path: str, request: dict[str, Any], timeout: float = 5.0
+) -> dict[str, Any]:
+    """One JSON request to a daemon's admin socket (``daemon`` names it in errors)."""
+    import json
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+    except FileNotFoundError:
+        raise CliError(
+            f"{daemon} admin socket {path} does not exist: is {daemon} running?", UNAVAILABLE
+        ) from None
+    except PermissionError:
+        raise CliError(
+            f"no permission to use {path} (run as root or the pfm user)", UNAVAILABLE
+        ) from None
+    except OSError as exc:
+        raise CliError(
+            f"cannot reach {daemon} at {path}: {exc.strerror or exc}", UNAVAILABLE
+        ) from None
+    try:
+        answer = json.loads(buf)
+    except ValueError:
+        raise CliError(f"{daemon} sent an unreadable answer", UNAVAILABLE) from None
+    if not answer.get("ok"):
+        raise CliError(str(answer.get("error", "request failed")))
+    return dict(answer)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 from collections.abc import Mapping
 from typing import Any
 
-from ..exitcodes import CONFIG, OK, UNAVAILABLE, CliError
+from .. import common
+from ..exitcodes import CONFIG, OK, CliError
 
 
 def register(sub: Any) -> None:
@@ -67,37 +67,8 @@ def _socket_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
 
 
 def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Send one admin request and return the decoded answer."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(json.dumps(request).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-    except FileNotFoundError:
-        raise CliError(
-            f"pfm-policyd admin socket {path} does not exist: is pfm-policyd running?", UNAVAILABLE
-        ) from None
-    except PermissionError:
-        raise CliError(
-            f"no permission to use {path} (run as root or the pfm user)", UNAVAILABLE
-        ) from None
-    except OSError as exc:
-        raise CliError(
-            f"cannot reach pfm-policyd at {path}: {exc.strerror or exc}", UNAVAILABLE
-        ) from None
-    try:
-        answer = json.loads(buf)
-    except ValueError:
-        raise CliError("pfm-policyd sent an unreadable answer", UNAVAILABLE) from None
-    if not answer.get("ok"):
-        raise CliError(str(answer.get("error", "request failed")))
-    return dict(answer)
+    """Send one admin request to pfm-policyd and return the decoded answer."""
+    return common.admin_call("pfm-policyd", path, request, timeout)
 
 
 def _fmt_window(seconds: float) -> str:
