@@ -32,8 +32,8 @@ class SyslogLine(NamedTuple):
 _new = tuple.__new__
 
 
-def parse_syslog_line(line: str) -> SyslogLine | None:
-    """Split a syslog line; None when it is not in one of the understood shapes."""
+def _locate(line: str) -> tuple[str, int, int, int, tuple[str, int | None]] | None:
+    """``(line without EOL, host start, tag start - 1, message colon, (program, pid))``."""
     if line[-1:] == "\n":
         line = line.rstrip("\r\n")
     if len(line) < 20:
@@ -66,6 +66,15 @@ def parse_syslog_line(line: str) -> SyslogLine | None:
         if len(_TAGS) >= 4096:  # tags repeat per process; keep the cache bounded
             _TAGS.clear()
         _TAGS[tag] = split
+    return line, start, sp, colon, split
+
+
+def parse_syslog_line(line: str) -> SyslogLine | None:
+    """Split a syslog line; None when it is not in one of the understood shapes."""
+    found = _locate(line)
+    if found is None:
+        return None
+    line, start, sp, colon, split = found
     return _new(SyslogLine, (line[: start - 1], line[start:sp], *split, line[colon + 2 :]))
 
 
@@ -75,39 +84,13 @@ _TAGS: dict[str, tuple[str, int | None]] = {}
 def program_and_message(line: str) -> tuple[str, str] | None:
     """Just ``(program, message)`` of a syslog line: the counters' hot path.
 
-    Same acceptance rules as :func:`parse_syslog_line` (kept in step by a property test),
-    without building the timestamp and host strings nobody counts.
+    Same acceptance rules as :func:`parse_syslog_line` (both use :func:`_locate`), without
+    building the timestamp and host strings nobody counts.
     """
-    if line[-1:] == "\n":
-        line = line.rstrip("\r\n")
-    if len(line) < 20:
+    found = _locate(line)
+    if found is None:
         return None
-    if "0" <= line[0] <= "9":
-        start = line.find(" ") + 1
-        if start < 20 or line[4] != "-" or line[10] != "T":
-            return None
-    elif line[3] == " " and line[6] == " " and line[9] == ":" and line[15] == " ":
-        start = 16
-    else:
-        return None
-    sp = line.find(" ", start)
-    if sp <= start:
-        return None
-    colon = line.find(": ", sp)
-    if colon < 0:
-        if line[-1] != ":":
-            return None
-        colon = len(line) - 1
-    tag = line[sp + 1 : colon]
-    split = _TAGS.get(tag)
-    if split is None:
-        split = _split_tag(tag)
-        if split is None:
-            return None
-        if len(_TAGS) >= 4096:
-            _TAGS.clear()
-        _TAGS[tag] = split
-    return split[0], line[colon + 2 :]
+    return found[4][0], found[0][found[3] + 2 :]
 
 
 def _split_tag(tag: str) -> tuple[str, int | None] | None:
