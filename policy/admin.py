@@ -6,15 +6,11 @@ so with Redis an exemption or reset made on one host applies to the whole fleet.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
-import json
-import os
 from typing import TYPE_CHECKING, Any
 
+from services.adminsock import AdminSocket
 from services.logging import get_logger
-from services.netserver import prepare_unix_path
 
 from .rules import Rule
 from .store import Counter, StoreError
@@ -23,7 +19,6 @@ if TYPE_CHECKING:
     from .server import PolicyService
 
 log = get_logger("pfm.policyd.admin")
-MAX_LINE = 65536
 
 
 def subject_kinds(subject: str) -> set[str]:
@@ -67,57 +62,14 @@ def counters_for(
     return out
 
 
-class AdminServer:
-    """A unix socket (mode 0600) answering admin commands."""
+class AdminServer(AdminSocket):
+    """The admin socket of this daemon (see :mod:`services.adminsock`)."""
+
+    unavailable = (StoreError,)
 
     def __init__(self, path: str, service: PolicyService) -> None:
-        self.path = path
+        super().__init__(path)
         self.service = service
-        self.server: asyncio.base_events.Server | None = None
-
-    async def start(self) -> None:
-        prepare_unix_path(self.path)
-        old = os.umask(0o177)
-        try:
-            self.server = await asyncio.start_unix_server(
-                self._client, path=self.path, limit=MAX_LINE
-            )
-        finally:
-            os.umask(old)
-
-    async def aclose(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), 30)
-                except (asyncio.LimitOverrunError, ValueError):
-                    writer.write(b'{"ok": false, "error": "request too long"}\n')
-                    break
-                if not line:
-                    break
-                try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("expected a JSON object")
-                    answer = await self.handle(req)
-                except (ValueError, KeyError, TypeError) as exc:
-                    answer = {"ok": False, "error": str(exc)}
-                except StoreError as exc:
-                    answer = {"ok": False, "error": f"state store unavailable: {exc}"}
-                writer.write(json.dumps(answer).encode() + b"\n")
-                await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         """Run one admin command."""
