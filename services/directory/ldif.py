@@ -26,6 +26,8 @@ Entry = tuple[str, dict[str, list[bytes]]]
 FOLD = 76
 _ATTR_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)(?:;[A-Za-z0-9-]+)*$")
 _UNSAFE_START = frozenset(b" :<")
+# names an LDIF reader takes as record syntax, not as attributes (no LDAP attribute has them)
+_RESERVED = frozenset({"dn", "changetype", "control"})
 
 
 class LdifError(ValueError):
@@ -68,6 +70,8 @@ def write_ldif(entries: Iterable[tuple[str, Mapping[str, Sequence[bytes]]]]) -> 
         for name, values in attrs.items():
             if not _ATTR_RE.match(name):
                 raise LdifError(f"the entry {dn!r}: {name!r} is not an attribute description")
+            if name.lower() in _RESERVED:
+                raise LdifError(f"the entry {dn!r}: {name!r} would be read as LDIF syntax")
             record.extend(_line(name, bytes(v)) for v in values)
         if len(record) == 1:
             raise LdifError(f"the entry {dn!r} has no attribute values")
@@ -161,7 +165,7 @@ def parse_ldif(data: bytes) -> list[Entry]:
                 raise LdifError(f"line {n}: the DN is not UTF-8") from None
             seen_record = True
             continue
-        if lname in ("changetype", "control"):
+        if lname in _RESERVED - {"dn"}:
             raise LdifError(f"line {n}: change records are not supported (content LDIF only)")
         if lname == "dn":
             raise LdifError(f"line {n}: a second 'dn:' in one record (missing blank line?)")

@@ -98,11 +98,14 @@ def test_malformed_ldif_is_refused_with_the_line(data: bytes, message: str) -> N
 
 
 def test_writer_refuses_entries_without_values_and_bad_names() -> None:
-    """An entry with no values, or a bad attribute name, cannot be written."""
+    """An entry with no values, a bad attribute name, or a name LDIF reserves cannot be written."""
     with pytest.raises(LdifError, match="no attribute values"):
         write_ldif([("cn=x", {"cn": []})])
     with pytest.raises(LdifError, match="not an attribute description"):
         write_ldif([("cn=x", {"bad name": [b"v"]})])
+    for reserved in ("dn", "DN", "changetype", "Control"):
+        with pytest.raises(LdifError, match="read as LDIF syntax"):
+            write_ldif([("cn=x", {reserved: [b"v"]})])
 
 
 def test_empty_input_has_no_entries() -> None:
@@ -112,7 +115,9 @@ def test_empty_input_has_no_entries() -> None:
     assert write_ldif([]) == b"version: 1\n"
 
 
-_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}(;[a-z0-9-]{1,8})?", fullmatch=True)
+_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}(;[a-z0-9-]{1,8})?", fullmatch=True).filter(
+    lambda n: n.lower() not in ("dn", "changetype", "control")  # the writer refuses those
+)
 _attrs = st.dictionaries(
     _names, st.lists(st.binary(max_size=120), min_size=1, max_size=4), min_size=1, max_size=6
 ).filter(lambda d: len({k.lower() for k in d}) == len(d))
