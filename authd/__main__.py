@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from services.config import Config, ConfigError, config_path, load_config
+from services.daemon_cli import daemon_parser
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -40,31 +41,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pfm-authd",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help="configuration file (default: $PFM_CONFIG, else /etc/pfm/pfm.toml)",
-    )
-    p.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the configuration, print a summary and exit (0 valid, 78 invalid)",
-    )
-    p.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level"
-    )
-    p.add_argument(
-        "--log-format", choices=["auto", "json", "console"], help="override [log] format"
-    )
-    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
-    p.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    p = daemon_parser("pfm-authd", DESCRIPTION, EPILOG)
     return p
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from services.config import Config, ConfigError, config_path, load_config, locate_error
+from services.daemon_cli import daemon_parser
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -39,37 +40,13 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pfm-policyd",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help="configuration file (default: $PFM_CONFIG, else /etc/pfm/pfm.toml)",
-    )
-    p.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the configuration, print a summary and exit (0 valid, 78 invalid)",
-    )
+    p = daemon_parser("pfm-policyd", DESCRIPTION, EPILOG)
     p.add_argument(
         "--test",
         action="store_true",
         help="read policy requests from stdin, print each decision and its reasons, exit "
         "(uses a fresh in-memory state, never the live one)",
     )
-    p.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level"
-    )
-    p.add_argument(
-        "--log-format", choices=["auto", "json", "console"], help="override [log] format"
-    )
-    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
-    p.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     return p
 
 
