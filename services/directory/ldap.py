@@ -375,6 +375,11 @@ class LdapBackend:
         found = (dit_map.mailbox_from(a) for a in self._list("mailbox", flt))
         return sorted(found, key=lambda m: m.address)
 
+    def list_mailboxes_with_limits(self) -> list[Mailbox]:
+        """Mailboxes with limit overrides only (what pfm-policyd reads every minute)."""
+        found = (dit_map.mailbox_from(a) for a in self._list("mailbox", "(pfmLimits=*)"))
+        return sorted(found, key=lambda m: m.address)
+
     def count_mailboxes(self, domain: str) -> int:
         flt = self._domain_filter(domain)
         if flt is None:

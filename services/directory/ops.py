@@ -629,7 +629,7 @@ class Directory:
             if dom.active:
                 for name, windows in dom.limits.items():
                     out.setdefault(name, {})["@" + dom.name] = tuple(windows)
-        for mb in self.backend.list_mailboxes():
+        for mb in self.backend.list_mailboxes_with_limits():
             if mb.active and mb.limits:
                 for name, windows in mb.limits.items():
                     out.setdefault(name, {})[mb.address] = tuple(windows)

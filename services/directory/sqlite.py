@@ -536,6 +536,10 @@ class SqliteBackend:
             [] if name is None else self._select("mailbox", "WHERE mailboxes.domain = ?", (name,))
         )
 
+    def list_mailboxes_with_limits(self) -> list[Mailbox]:
+        """Mailboxes with limit overrides only (what pfm-policyd reads every minute)."""
+        return self._select("mailbox", "WHERE mailboxes.limits != '{}'", ())
+
     def count_mailboxes(self, domain: str) -> int:
         name = _lookup(_domain, domain)
         if name is None:

@@ -269,6 +269,22 @@ def test_list_mailboxes_filters_by_domain(backend: Backend) -> None:
     assert backend.count_mailboxes("nothing.org") == 0
 
 
+def test_list_mailboxes_with_limits_returns_only_those_with_overrides(backend: Backend) -> None:
+    """list_mailboxes_with_limits() returns exactly the mailboxes that carry limit overrides."""
+    populated(backend)
+    backend.write(
+        [
+            Create(mailbox("carol@example.org", limits={"user_messages": ("5/1h",)})),
+            Create(mailbox("dave@example.org", limits={"user_messages": ()})),
+        ],
+        [],
+    )
+    found = backend.list_mailboxes_with_limits()
+    assert [m.address for m in found] == ["carol@example.org", "dave@example.org"]
+    assert found[0].limits == {"user_messages": ("5/1h",)}
+    assert found[1].limits == {"user_messages": ()}
+
+
 def test_list_aliases_filters_by_domain_including_catch_all(backend: Backend) -> None:
     """list_aliases(domain) returns that domain's aliases, the catch-all included."""
     populated(backend)
