@@ -254,6 +254,7 @@ class Verifier:
         self.account_ttl = account_ttl
         self._accounts: dict[str, tuple[float, Account | None]] = {}
         self.account_hits = 0
+        self._dummy_hash = ""  # made on first use: costs one hash of the configured scheme
 
     def __repr__(self) -> str:
         return f"Verifier(backend={self.config.backend}, workers={self.workers})"
@@ -380,7 +381,7 @@ class Verifier:
         """Verify against a throw-away hash of the configured scheme (costs what a real one does)."""
         from services.directory import passwords
 
-        dummy = getattr(self, "_dummy_hash", "")
+        dummy = self._dummy_hash
         if not dummy:
             dummy = passwords.hash_password(
                 passwords.generate_secret(), self.config.password_scheme
